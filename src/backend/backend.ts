@@ -1,0 +1,144 @@
+// The one seam between model code and hardware (DESIGN §6). Ops are coarse: each is a
+// kernel (or a short sequence of them) on the GPU and a loop nest on the CPU. Model code
+// never branches on the device; the CPU and CUDA backends are tested against each other.
+//
+// Conventions: row-major; float tensors are in the backend's `floatDType`; index tensors are
+// i32. Every op returns a fresh tensor that the caller owns and releases with `free`
+// (a no-op on the CPU, a return to the stream-ordered pool on the GPU), unless it says
+// it writes into an argument.
+
+import type { Tensor } from '../tensor/tensor.js';
+
+/** One operand of `gemm`: a matrix inside a tensor's storage, found by offset and leading dimension. */
+export interface MatrixRef {
+  tensor: Tensor;
+  /** Element offset of the first matrix of the batch. */
+  offset?: number;
+  /** Leading dimension (row stride in elements) of the matrix as stored. */
+  ld: number;
+  /** Element distance between consecutive matrices of a batch. */
+  batchStride?: number;
+  /** Use the transpose of the stored matrix. */
+  trans?: boolean;
+}
+
+/** C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b] for b < batch; op(A) is [M, K], op(B) is [K, N]. */
+export interface GemmSpec {
+  m: number;
+  n: number;
+  k: number;
+  a: MatrixRef;
+  b: MatrixRef;
+  c: MatrixRef;
+  batch?: number;
+  alpha?: number;
+  beta?: number;
+}
+
+export interface RouterConfig {
+  topK: number;
+  nGroup: number;
+  topkGroup: number;
+  /** 'sigmoid' (V3) or 'softmax' (V2). */
+  scoring: 'sigmoid' | 'softmax';
+  /** 'noaux_tc' and 'group_limited_greedy' limit to groups; 'greedy' does not. */
+  groupLimited: boolean;
+  /** Group score: sum of the two best biased scores (V3), or the best score (V2). */
+  groupScoreTop2: boolean;
+  normTopkProb: boolean;
+  routedScalingFactor: number;
+}
+
+export interface RouterOutput {
+  /** [N, E] FP32: the unbiased expert affinities s (sigmoid or softmax of the logits). */
+  scores: Tensor;
+  /** [N, K] i32: chosen experts per token. */
+  indices: Tensor;
+  /** [N, K]: gating weights (normalised if configured, times the routed scaling factor). */
+  weights: Tensor;
+}
+
+export interface MoePermutation {
+  /** [N·K, d]: token rows grouped by expert, in expert order. */
+  rows: Tensor;
+  /** [N·K] i32: for sorted row r, the slot n·K + k it came from. */
+  sourceSlot: Tensor;
+  /** Host copy of the number of rows per expert (length E): it drives the per-expert GEMM loop. */
+  counts: number[];
+}
+
+export interface Backend {
+  readonly name: 'cpu' | 'cuda';
+  /** Dtype of every float tensor this backend creates. */
+  readonly floatDType: 'f32' | 'f64' | 'bf16';
+
+  // ---- memory -------------------------------------------------------------------------
+  /** Copy host floats in (converted to `floatDType`). */
+  upload(data: Float32Array | Float64Array, shape: readonly number[]): Tensor;
+  uploadInt(data: Int32Array, shape: readonly number[]): Tensor;
+  /** Copy a float tensor out as FP32 (or FP64 when the backend computes in FP64). */
+  download(t: Tensor): Float32Array | Float64Array;
+  downloadInt(t: Tensor): Int32Array;
+  zeros(shape: readonly number[]): Tensor;
+  /** A view of rows [start, start+count) of the first dimension; shares storage, not owned. */
+  rows(t: Tensor, start: number, count: number): Tensor;
+  /** Same storage, new shape with the same element count; shares storage, not owned. */
+  reshape(t: Tensor, shape: readonly number[]): Tensor;
+  free(t: Tensor): void;
+
+  // ---- linear algebra -----------------------------------------------------------------
+  /** General (strided, batched) matrix multiply into spec.c, accumulating in FP32 or better. */
+  gemm(spec: GemmSpec): void;
+  /** y[M, N] = x[M, K] · w[N, K]ᵀ : the Linear layer's forward. */
+  linear(x: Tensor, w: Tensor): Tensor;
+
+  // ---- elementwise and normalisation --------------------------------------------------
+  /** a + b (same shape). */
+  add(a: Tensor, b: Tensor): Tensor;
+  /** a += alpha · b, in place. */
+  addInPlace(a: Tensor, b: Tensor, alpha?: number): void;
+  /** RMSNorm over the last dimension: x[..., d] · w[d] / sqrt(mean(x²) + eps), statistics in FP32. */
+  rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor;
+  /** silu(gate) · up, both [M, I]. */
+  swiglu(gate: Tensor, up: Tensor): Tensor;
+  /** Columns [start, end) of a 2-D tensor [M, C] → [M, end-start]. */
+  sliceCols(x: Tensor, start: number, end: number): Tensor;
+  /**
+   * Concatenate along the last dimension, broadcasting b over heads: a [N, H, Ca], b [N, H or 1, Cb]
+   * → [N, H, Ca+Cb] (MLA's keys: per-head k_nope beside the one shared k_pe).
+   */
+  concatHeads(a: Tensor, b: Tensor): Tensor;
+
+  // ---- embeddings and positions -------------------------------------------------------
+  /** table[V, d] gathered at ids[N] → [N, d]. */
+  embedding(table: Tensor, ids: Tensor): Tensor;
+  /**
+   * Interleaved rotary embedding applied to columns [colOffset, colOffset+rot) of every head:
+   * x [N, H, W], pairs (2i, 2i+1) rotated by the angle whose cos/sin are cos[pos][i], sin[pos][i]
+   * (tables [P, rot/2]), pos = positions[N]. Returns a new tensor; other columns are copied.
+   */
+  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number): Tensor;
+
+  // ---- attention ----------------------------------------------------------------------
+  /**
+   * Causal multi-head attention: q [B, Tq, H, Dk], k [B, Tk, H, Dk], v [B, Tk, H, Dv] → [B, Tq, H, Dv].
+   * Query i sits at absolute position qStart + i and sees keys j ≤ qStart + i.
+   */
+  attention(q: Tensor, k: Tensor, v: Tensor, scale: number, qStart: number): Tensor;
+  /**
+   * Absorbed MLA attention over the latent cache (SPEC §2): score(i, j) = (qLat·ckv_j + qPe·kpe_j)·scale,
+   * out = Σ_j p_ij ckv_j. qLat [B, Tq, H, C], qPe [B, Tq, H, R], ckv [B, S, C], kpe [B, S, R] with
+   * S ≥ kvLen (a cache of capacity S holding kvLen tokens) → [B, Tq, H, C]. Causal as in `attention`.
+   */
+  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, qStart: number, kvLen: number): Tensor;
+  /** Write src [B, T, C] into dst [B, S, C] at positions [start, start+T), in place. */
+  writeCache(dst: Tensor, src: Tensor, start: number): void;
+
+  // ---- mixture of experts -------------------------------------------------------------
+  /** Router scores and group-limited top-k (SPEC §3): logits [N, E] (FP32), bias [E] or null. */
+  routerTopK(logits: Tensor, bias: Tensor | null, cfg: RouterConfig): RouterOutput;
+  /** Group token rows by expert: x [N, d], indices [N, K] i32, for `numExperts` experts. */
+  moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation;
+  /** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K+k]: expertOut [N·K, d], weights [N, K] → [N, d]. */
+  moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor;
+}

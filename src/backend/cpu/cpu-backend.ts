@@ -1,0 +1,291 @@
+// The CPU backend (DESIGN §6): FP32 or FP64 everywhere, GEMMs on all cores through
+// ./gemm (a system BLAS or our own kernel), the other ops as plain loops.
+
+import type { Backend, GemmSpec, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
+import { numel, shapeString, type Tensor } from '../../tensor/tensor.js';
+import { causalAttention, latentAttention } from './attention.js';
+import { CpuTensor, allocFloat, floats, ints, type FloatArray } from './cpu-tensor.js';
+import { gemm } from './gemm/index.js';
+import { routeTokens } from './router.js';
+
+function sameShape(a: Tensor, b: Tensor, op: string): void {
+  if (a.shape.length !== b.shape.length || a.shape.some((s, i) => s !== b.shape[i])) {
+    throw new Error(`${op}: shapes differ: ${shapeString(a.shape)} vs ${shapeString(b.shape)}`);
+  }
+}
+
+function lastDim(t: Tensor): number {
+  return t.shape[t.shape.length - 1];
+}
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu' as const;
+
+  constructor(readonly floatDType: 'f32' | 'f64' = 'f32') {}
+
+  private newFloat(shape: readonly number[]): CpuTensor {
+    return new CpuTensor([...shape], this.floatDType, allocFloat(this.floatDType, numel(shape)));
+  }
+
+  // ---- memory -------------------------------------------------------------------------
+
+  upload(data: Float32Array | Float64Array, shape: readonly number[]): Tensor {
+    const t = this.newFloat(shape);
+    if (data.length !== t.data.length) throw new Error(`upload: ${data.length} values for shape ${shapeString(shape)}`);
+    t.data.set(data);
+    return t;
+  }
+
+  uploadInt(data: Int32Array, shape: readonly number[]): Tensor {
+    if (data.length !== numel(shape)) throw new Error(`uploadInt: ${data.length} values for shape ${shapeString(shape)}`);
+    return new CpuTensor([...shape], 'i32', Int32Array.from(data));
+  }
+
+  download(t: Tensor): Float32Array | Float64Array {
+    return floats(t).slice();
+  }
+
+  downloadInt(t: Tensor): Int32Array {
+    return ints(t).slice();
+  }
+
+  zeros(shape: readonly number[]): Tensor {
+    return this.newFloat(shape);
+  }
+
+  rows(t: Tensor, start: number, count: number): Tensor {
+    const cpu = t as CpuTensor;
+    const rowSize = numel(t.shape.slice(1));
+    if (start < 0 || count < 0 || start + count > t.shape[0]) throw new Error(`rows: [${start}, ${start + count}) outside ${shapeString(t.shape)}`);
+    return new CpuTensor([count, ...t.shape.slice(1)], t.dtype, cpu.data.subarray(start * rowSize, (start + count) * rowSize));
+  }
+
+  reshape(t: Tensor, shape: readonly number[]): Tensor {
+    if (numel(shape) !== numel(t.shape)) throw new Error(`reshape: ${shapeString(t.shape)} to ${shapeString(shape)}`);
+    return new CpuTensor([...shape], t.dtype, (t as CpuTensor).data);
+  }
+
+  free(_t: Tensor): void {
+    // The garbage collector owns host memory.
+  }
+
+  // ---- linear algebra -----------------------------------------------------------------
+
+  gemm(spec: GemmSpec): void {
+    const a = floats(spec.a.tensor);
+    const b = floats(spec.b.tensor);
+    const c = floats(spec.c.tensor);
+    for (let i = 0; i < (spec.batch ?? 1); i++) {
+      gemm({
+        transA: spec.a.trans ?? false, transB: spec.b.trans ?? false,
+        m: spec.m, n: spec.n, k: spec.k, alpha: spec.alpha ?? 1, beta: spec.beta ?? 0,
+        a, aOffset: (spec.a.offset ?? 0) + i * (spec.a.batchStride ?? 0), lda: spec.a.ld,
+        b, bOffset: (spec.b.offset ?? 0) + i * (spec.b.batchStride ?? 0), ldb: spec.b.ld,
+        c, cOffset: (spec.c.offset ?? 0) + i * (spec.c.batchStride ?? 0), ldc: spec.c.ld,
+      } as Parameters<typeof gemm>[0]);
+    }
+  }
+
+  linear(x: Tensor, w: Tensor): Tensor {
+    const K = lastDim(x);
+    const [N, Kw] = w.shape;
+    if (w.shape.length !== 2 || Kw !== K) throw new Error(`linear: input ${shapeString(x.shape)} does not match weight ${shapeString(w.shape)}`);
+    const M = numel(x.shape) / K;
+    const y = this.newFloat([...x.shape.slice(0, -1), N]);
+    this.gemm({ m: M, n: N, k: K, a: { tensor: x, ld: K }, b: { tensor: w, ld: K, trans: true }, c: { tensor: y, ld: N } });
+    return y;
+  }
+
+  // ---- elementwise and normalisation --------------------------------------------------
+
+  add(a: Tensor, b: Tensor): Tensor {
+    sameShape(a, b, 'add');
+    const x = floats(a), y = floats(b);
+    const out = this.newFloat(a.shape);
+    const o = out.data as FloatArray;
+    for (let i = 0; i < o.length; i++) o[i] = x[i] + y[i];
+    return out;
+  }
+
+  addInPlace(a: Tensor, b: Tensor, alpha = 1): void {
+    sameShape(a, b, 'addInPlace');
+    const x = floats(a), y = floats(b);
+    for (let i = 0; i < x.length; i++) x[i] += alpha * y[i];
+  }
+
+  rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
+    const d = lastDim(x);
+    if (w.shape.length !== 1 || w.shape[0] !== d) throw new Error(`rmsNorm: weight ${shapeString(w.shape)} for input ${shapeString(x.shape)}`);
+    const xs = floats(x), ws = floats(w);
+    const out = this.newFloat(x.shape);
+    const o = out.data as FloatArray;
+    for (let r = 0; r < xs.length / d; r++) {
+      const base = r * d;
+      let sumSq = 0;
+      for (let i = 0; i < d; i++) sumSq += xs[base + i] * xs[base + i];
+      const inv = 1 / Math.sqrt(sumSq / d + eps);
+      for (let i = 0; i < d; i++) o[base + i] = ws[i] * (xs[base + i] * inv);
+    }
+    return out;
+  }
+
+  swiglu(gate: Tensor, up: Tensor): Tensor {
+    sameShape(gate, up, 'swiglu');
+    const g = floats(gate), u = floats(up);
+    const out = this.newFloat(gate.shape);
+    const o = out.data as FloatArray;
+    for (let i = 0; i < o.length; i++) o[i] = (g[i] / (1 + Math.exp(-g[i]))) * u[i];
+    return out;
+  }
+
+  sliceCols(x: Tensor, start: number, end: number): Tensor {
+    const C = lastDim(x);
+    if (start < 0 || end > C || start > end) throw new Error(`sliceCols: [${start}, ${end}) outside ${shapeString(x.shape)}`);
+    const M = numel(x.shape) / C, W = end - start;
+    const xs = floats(x);
+    const out = this.newFloat([...x.shape.slice(0, -1), W]);
+    const o = out.data as FloatArray;
+    for (let r = 0; r < M; r++) o.set(xs.subarray(r * C + start, r * C + end), r * W);
+    return out;
+  }
+
+  concatHeads(a: Tensor, b: Tensor): Tensor {
+    const [N, H, Ca] = a.shape;
+    const [Nb, Hb, Cb] = b.shape;
+    if (a.shape.length !== 3 || b.shape.length !== 3 || Nb !== N || (Hb !== H && Hb !== 1)) {
+      throw new Error(`concatHeads: ${shapeString(a.shape)} and ${shapeString(b.shape)}`);
+    }
+    const xa = floats(a), xb = floats(b);
+    const out = this.newFloat([N, H, Ca + Cb]);
+    const o = out.data as FloatArray;
+    for (let n = 0; n < N; n++) {
+      for (let h = 0; h < H; h++) {
+        const row = n * H + h;
+        const brow = n * Hb + (Hb === 1 ? 0 : h);
+        o.set(xa.subarray(row * Ca, (row + 1) * Ca), row * (Ca + Cb));
+        o.set(xb.subarray(brow * Cb, (brow + 1) * Cb), row * (Ca + Cb) + Ca);
+      }
+    }
+    return out;
+  }
+
+  // ---- embeddings and positions -------------------------------------------------------
+
+  embedding(table: Tensor, ids: Tensor): Tensor {
+    const [V, d] = table.shape;
+    const t = floats(table), idx = ints(ids);
+    const out = this.newFloat([...ids.shape, d]);
+    const o = out.data as FloatArray;
+    for (let n = 0; n < idx.length; n++) {
+      const id = idx[n];
+      if (id < 0 || id >= V) throw new Error(`embedding: token id ${id} outside the vocabulary of ${V}`);
+      o.set(t.subarray(id * d, (id + 1) * d), n * d);
+    }
+    return out;
+  }
+
+  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number): Tensor {
+    const [N, H, W] = x.shape;
+    const half = rot / 2;
+    const xs = floats(x), c = floats(cos), s = floats(sin), pos = ints(positions);
+    if (pos.length !== N) throw new Error(`rope: ${pos.length} positions for ${N} rows`);
+    const out = this.newFloat(x.shape);
+    const o = out.data as FloatArray;
+    o.set(xs);
+    for (let n = 0; n < N; n++) {
+      const p = pos[n];
+      if (p < 0 || p * half >= c.length) throw new Error(`rope: position ${p} beyond the table of ${c.length / half}`);
+      for (let h = 0; h < H; h++) {
+        const base = (n * H + h) * W + colOffset;
+        for (let i = 0; i < half; i++) {
+          const x0 = xs[base + 2 * i], x1 = xs[base + 2 * i + 1];
+          const ci = c[p * half + i], si = s[p * half + i];
+          o[base + 2 * i] = x0 * ci - x1 * si;
+          o[base + 2 * i + 1] = x1 * ci + x0 * si;
+        }
+      }
+    }
+    return out;
+  }
+
+  // ---- attention ----------------------------------------------------------------------
+
+  attention(q: Tensor, k: Tensor, v: Tensor, scale: number, qStart: number): Tensor {
+    const [B, Tq, H, Dk] = q.shape;
+    const [, Tk, , Dv] = v.shape;
+    if (k.shape[0] !== B || k.shape[1] !== Tk || k.shape[2] !== H || k.shape[3] !== Dk || v.shape[2] !== H) {
+      throw new Error(`attention: q ${shapeString(q.shape)}, k ${shapeString(k.shape)}, v ${shapeString(v.shape)}`);
+    }
+    const out = this.newFloat([B, Tq, H, Dv]);
+    const scratch = allocFloat(this.floatDType, Tq * Tk);
+    causalAttention(floats(q), floats(k), floats(v), out.data as FloatArray, scratch, { B, Tq, Tk, H, Dk, Dv }, scale, qStart);
+    return out;
+  }
+
+  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, qStart: number, kvLen: number): Tensor {
+    const [B, Tq, H, C] = qLat.shape;
+    const R = lastDim(qPe);
+    const S = ckv.shape[1];
+    if (kvLen > S || kpe.shape[1] !== S || lastDim(ckv) !== C || lastDim(kpe) !== R) {
+      throw new Error(`mlaLatentAttention: qLat ${shapeString(qLat.shape)}, qPe ${shapeString(qPe.shape)}, ckv ${shapeString(ckv.shape)}, kpe ${shapeString(kpe.shape)}, kvLen ${kvLen}`);
+    }
+    const out = this.newFloat([B, Tq, H, C]);
+    const scratch = allocFloat(this.floatDType, Tq * H * kvLen);
+    latentAttention(floats(qLat), floats(qPe), floats(ckv), floats(kpe), out.data as FloatArray, scratch, { B, Tq, H, C, R, S }, scale, qStart, kvLen);
+    return out;
+  }
+
+  writeCache(dst: Tensor, src: Tensor, start: number): void {
+    const [B, S, C] = dst.shape;
+    const T = src.shape[1];
+    if (src.shape[0] !== B || lastDim(src) !== C || start + T > S) throw new Error(`writeCache: ${shapeString(src.shape)} at ${start} into ${shapeString(dst.shape)}`);
+    const d = floats(dst), s = floats(src);
+    for (let b = 0; b < B; b++) d.set(s.subarray(b * T * C, (b + 1) * T * C), (b * S + start) * C);
+  }
+
+  // ---- mixture of experts -------------------------------------------------------------
+
+  routerTopK(logits: Tensor, bias: Tensor | null, cfg: RouterConfig): RouterOutput {
+    const [N, E] = logits.shape;
+    const scores = this.newFloat([N, E]);
+    const indices = new CpuTensor([N, cfg.topK], 'i32', new Int32Array(N * cfg.topK));
+    const weights = this.newFloat([N, cfg.topK]);
+    routeTokens(floats(logits), bias ? floats(bias) : null, N, E, cfg, scores.data as FloatArray, indices.data as Int32Array, weights.data as FloatArray);
+    return { scores, indices, weights };
+  }
+
+  moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation {
+    const [N, d] = x.shape;
+    const idx = ints(indices);
+    const K = lastDim(indices);
+    const counts = new Array<number>(numExperts).fill(0);
+    for (const e of idx) counts[e]++;
+    const start = new Int32Array(numExperts);
+    for (let e = 1; e < numExperts; e++) start[e] = start[e - 1] + counts[e - 1];
+    const sourceSlot = new Int32Array(N * K);
+    const rows = this.newFloat([N * K, d]);
+    const xs = floats(x), r = rows.data as FloatArray;
+    for (let slot = 0; slot < N * K; slot++) {
+      const dest = start[idx[slot]]++;
+      sourceSlot[dest] = slot;
+      const n = Math.floor(slot / K);
+      r.set(xs.subarray(n * d, (n + 1) * d), dest * d);
+    }
+    return { rows, sourceSlot: new CpuTensor([N * K], 'i32', sourceSlot), counts };
+  }
+
+  moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor {
+    const [N, K] = weights.shape;
+    const d = lastDim(expertOut);
+    const y = floats(expertOut), w = floats(weights), slots = ints(sourceSlot);
+    const out = this.newFloat([N, d]);
+    const o = out.data as FloatArray;
+    for (let r = 0; r < N * K; r++) {
+      const slot = slots[r];
+      const n = Math.floor(slot / K);
+      const g = w[slot];
+      for (let i = 0; i < d; i++) o[n * d + i] += g * y[r * d + i];
+    }
+    return out;
+  }
+}

@@ -1,0 +1,110 @@
+// The DeepSeek-V3 causal language model: embedding, decoder layers, final norm, output head.
+// One class serves every configuration; nothing depends on the hidden size.
+
+import type { Backend } from '../backend/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { LatentCache } from '../infer/latent-cache.js';
+import type { ModelConfig } from './config.js';
+import { DecoderLayer } from './decoder-layer.js';
+import type { ForwardContext } from './mla.js';
+import type { ParameterSource } from './parameters.js';
+import { ropeTables, softmaxScale } from './rope.js';
+
+export interface ForwardOptions {
+  /** Use (and extend) this latent cache: absorbed attention over everything cached so far. */
+  cache?: LatentCache;
+  /** Receives the embedding output, each layer's output, and the output of the final norm. */
+  hiddenStates?: Tensor[];
+  /** Compute logits for the last position of each sequence only (decoding). */
+  lastOnly?: boolean;
+  /** Accumulates per layer the tokens each routed expert received ([layer][expert]). */
+  expertLoad?: Float64Array[];
+}
+
+export class DeepseekV3 {
+  readonly embedTokens: Tensor;
+  readonly layers: DecoderLayer[] = [];
+  readonly norm: Tensor;
+  readonly lmHead: Tensor;
+  private cos: Tensor | null = null;
+  private sin: Tensor | null = null;
+  private ropePositions = 0;
+
+  constructor(readonly backend: Backend, readonly config: ModelConfig, params: ParameterSource) {
+    const c = config;
+    this.embedTokens = params.get('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
+    const scale = softmaxScale(c);
+    for (let l = 0; l < c.numHiddenLayers; l++) {
+      this.layers.push(new DecoderLayer(params, `model.layers.${l}`, c, l < c.firstKDenseReplace, scale));
+    }
+    this.norm = params.get('model.norm.weight', [c.hiddenSize]);
+    this.lmHead = c.tieWordEmbeddings ? this.embedTokens : params.get('lm_head.weight', [c.vocabSize, c.hiddenSize]);
+  }
+
+  /** RoPE tables covering positions [0, needed), grown by doubling up to max_position_embeddings. */
+  private ropeFor(needed: number): { cos: Tensor; sin: Tensor } {
+    const max = this.config.maxPositionEmbeddings;
+    if (needed > max) throw new Error(`sequence of ${needed} tokens exceeds max_position_embeddings (${max})`);
+    if (needed > this.ropePositions) {
+      const positions = Math.min(max, Math.max(needed, 2 * this.ropePositions, 256));
+      const { cos, sin } = ropeTables(this.config, positions);
+      const half = this.config.qkRopeHeadDim / 2;
+      if (this.cos) this.backend.free(this.cos);
+      if (this.sin) this.backend.free(this.sin);
+      this.cos = this.backend.upload(cos, [positions, half]);
+      this.sin = this.backend.upload(sin, [positions, half]);
+      this.ropePositions = positions;
+    }
+    return { cos: this.cos!, sin: this.sin! };
+  }
+
+  /** The context of a block of `seq` tokens per sequence starting at absolute position `start`. */
+  context(batch: number, seq: number, start: number): ForwardContext {
+    const { cos, sin } = this.ropeFor(start + seq);
+    const pos = new Int32Array(batch * seq);
+    for (let i = 0; i < pos.length; i++) pos[i] = start + (i % seq);
+    return { batch, seq, start, positions: this.backend.uploadInt(pos, [batch * seq]), cos, sin };
+  }
+
+  /** Final hidden states after model.norm: ids [B·T] (row-major [B, T]) → [B·T, d]. */
+  hidden(ids: Int32Array, batch: number, seq: number, opts: ForwardOptions = {}): Tensor {
+    const b = this.backend;
+    const cache = opts.cache;
+    const start = cache ? cache.length : 0;
+    if (cache && (cache.batch !== batch || start + seq > cache.capacity)) {
+      throw new Error(`latent cache of batch ${cache.batch} and capacity ${cache.capacity} cannot take ${batch}×${seq} more tokens after ${start}`);
+    }
+    const ctx = this.context(batch, seq, start);
+    const idsT = b.uploadInt(ids, [batch * seq]);
+    let h = b.embedding(this.embedTokens, idsT);
+    b.free(idsT);
+    opts.hiddenStates?.push(h);
+    this.layers.forEach((layer, l) => {
+      const next = layer.forward(b, h, ctx, cache?.layers[l], opts.expertLoad?.[l]);
+      if (!opts.hiddenStates) b.free(h);
+      h = next;
+      opts.hiddenStates?.push(h);
+    });
+    const out = b.rmsNorm(h, this.norm, this.config.rmsNormEps);
+    if (!opts.hiddenStates) b.free(h);
+    opts.hiddenStates?.push(out);
+    b.free(ctx.positions);
+    if (cache) cache.length += seq;
+    return out;
+  }
+
+  /** Logits: ids [B·T] → [B·T, vocab], or [B, vocab] for the last positions with `lastOnly`. */
+  logits(ids: Int32Array, batch: number, seq: number, opts: ForwardOptions = {}): Tensor {
+    const b = this.backend;
+    const h = this.hidden(ids, batch, seq, opts);
+    let x = h;
+    if (opts.lastOnly && seq > 1) {
+      x = b.zeros([batch, this.config.hiddenSize]);
+      for (let i = 0; i < batch; i++) b.addInPlace(b.rows(x, i, 1), b.rows(h, i * seq + seq - 1, 1));
+    }
+    const logits = b.linear(x, this.lmHead);
+    if (x !== h) b.free(x);
+    if (!opts.hiddenStates) b.free(h);
+    return logits;
+  }
+}
