@@ -116,8 +116,9 @@ export interface Backend {
    * Interleaved rotary embedding applied to columns [colOffset, colOffset+rot) of every head:
    * x [N, H, W], pairs (2i, 2i+1) rotated by the angle whose cos/sin are cos[pos][i], sin[pos][i]
    * (tables [P, rot/2]), pos = positions[N]. Returns a new tensor; other columns are copied.
+   * `inverse` rotates by the negated angle: the backward pass (the rotation is orthogonal).
    */
-  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number): Tensor;
+  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number, inverse?: boolean): Tensor;
 
   // ---- attention ----------------------------------------------------------------------
   /**
@@ -141,4 +142,65 @@ export interface Backend {
   moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation;
   /** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K+k]: expertOut [N·K, d], weights [N, K] → [N, d]. */
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor;
+
+  // ---- backward passes (activation gradients are returned, parameter gradients accumulate) ----
+  /** dx of RMSNorm: x [M, d], w [d], dy [M, d] → [M, d]. */
+  rmsNormBackwardInput(x: Tensor, w: Tensor, dy: Tensor, eps: number): Tensor;
+  /** dw += Σ_rows dy · x / rms(x): x [M, d], dy [M, d], dw [d]. */
+  rmsNormBackwardWeight(x: Tensor, dy: Tensor, eps: number, dw: Tensor): void;
+  /** Gradients of silu(gate) · up: gate, up, dy [M, I] → dGate, dUp [M, I]. */
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor): { dGate: Tensor; dUp: Tensor };
+  /** dTable[ids[n]] += dy[n]: ids [N], dy [N, d], dTable [V, d]. */
+  embeddingBackward(ids: Tensor, dy: Tensor, dTable: Tensor): void;
+  /** dst[:, start:start+W] += src: dst [M, C], src [M, W] (the backward of sliceCols). */
+  addToCols(dst: Tensor, src: Tensor, start: number): void;
+  /** Sum over the head dimension: x [N, H, C] → [N, 1, C] (the backward of a broadcast in concatHeads). */
+  sumHeads(x: Tensor): Tensor;
+  /**
+   * Causal attention backward: q, k, v, out and dOut as in `attention` (out its result) →
+   * dq [B, Tq, H, Dk], dk [B, Tk, H, Dk], dv [B, Tk, H, Dv].
+   */
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dOut: Tensor, scale: number, qStart: number): { dq: Tensor; dk: Tensor; dv: Tensor };
+  /** Backward of moeUnpermute: dy [N, d] → dExpertOut [N·K, d] and dWeights [N, K]. */
+  moeUnpermuteBackward(dy: Tensor, expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): { dExpertOut: Tensor; dWeights: Tensor };
+  /** Backward of moePermute: dRows [N·K, d] → dx [N, d] (each token's K row gradients summed). */
+  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number): Tensor;
+  /**
+   * Router backward: the gradient of the gating weights dWeights [N, K] (and optionally an extra
+   * gradient on the affinities, dScores [N, E], from the balance loss) → dLogits [N, E].
+   * The correction bias only selects, so no gradient flows through the choice of experts.
+   */
+  routerBackward(logits: Tensor, route: RouterOutput, dWeights: Tensor, dScores: Tensor | null, cfg: RouterConfig): Tensor;
+  /**
+   * The complementary sequence-wise balance loss (SPEC §3) of `batch` sequences of `seq` tokens:
+   * alpha · mean over sequences of Σ_i f_i P_i, with its gradient on the affinities scores [N, E].
+   */
+  sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor };
+
+  // ---- losses and optimisation --------------------------------------------------------
+  /**
+   * Cross-entropy of logits [M, V] against targets [M] (i32, −1 = no target), fused with its
+   * gradient: returns the summed loss over rows with a target, and dLogits = scale · (softmax − onehot).
+   */
+  crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor };
+  /** Σ x² over all elements, in FP64 on the host side of the answer. */
+  sumSquares(x: Tensor): number;
+  /** x *= alpha, in place. */
+  scaleInPlace(x: Tensor, alpha: number): void;
+  /**
+   * One AdamW step in place: param, grad, m, v of one shape. `m` and `v` may be stored in BF16
+   * (`momentsBf16`): rounded to BF16 after each update. Weight decay is decoupled: p -= lr·wd·p.
+   */
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void;
+}
+
+export interface AdamWHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step number, for bias correction. */
+  step: number;
+  momentsBf16: boolean;
 }

@@ -10,7 +10,7 @@ import { openCheckpoint, type CheckpointReader } from '../io/checkpoint-files.js
 import { shapeString, type Tensor } from '../tensor/tensor.js';
 import { parseConfig, type ModelConfig } from './config.js';
 import { DeepseekV3 } from './model.js';
-import type { ParameterSource } from './parameters.js';
+import { ParameterSet, type ParameterSource } from './parameters.js';
 
 export function readConfig(dir: string): ModelConfig {
   if (!fs.existsSync(dir)) throw new Error(`model directory ${dir} does not exist`);
@@ -24,12 +24,6 @@ export function readConfig(dir: string): ModelConfig {
     throw new Error(`${file}: not valid JSON (${(e as Error).message})`);
   }
   return parseConfig(json, file);
-}
-
-/** Layer index of a `model.layers.L.…` name, or -1. */
-function layerIndex(name: string): number {
-  const m = /^model\.layers\.(\d+)\./.exec(name);
-  return m ? Number(m[1]) : -1;
 }
 
 export class CheckpointParameters implements ParameterSource {
@@ -71,32 +65,42 @@ export class CheckpointParameters implements ParameterSource {
     return this.backend.upload(this.readHost(name, shape), shape);
   }
 
-  /** Checkpoint tensors nothing asked for, except those under layers ≥ `firstIgnoredLayer`. */
-  unused(firstIgnoredLayer: number): string[] {
-    return [...this.names].filter((n) => !this.used.has(n) && !(layerIndex(n) >= firstIgnoredLayer));
+  /** Mark tensors as accounted for without loading them (the MTP modules' copies of shared weights). */
+  markUsed(name: string): void {
+    if (this.names.has(name)) this.used.add(name);
+  }
+
+  /** Checkpoint tensors nothing asked for. */
+  unused(): string[] {
+    return [...this.names].filter((n) => !this.used.has(n));
   }
 }
 
 export interface LoadedModel {
   model: DeepseekV3;
   config: ModelConfig;
-  /** Tensors of multi-token-prediction modules present in the checkpoint (layers ≥ num_hidden_layers). */
-  mtpTensorNames: string[];
 }
 
-/** Load config.json and the weights of `dir` onto `backend`. */
+/**
+ * Load config.json and the weights of `dir` onto `backend`. MTP modules are loaded when the
+ * checkpoint has them (Hugging Face checkpoints saved by transformers do not).
+ */
 export function loadPretrained(dir: string, backend: Backend): LoadedModel {
   const config = readConfig(dir);
   const checkpoint = openCheckpoint(dir);
   try {
-    const params = new CheckpointParameters(checkpoint, backend, dir);
-    const model = new DeepseekV3(backend, config, params);
-    const unused = params.unused(config.numHiddenLayers);
+    const source = new CheckpointParameters(checkpoint, backend, dir);
+    const withMtp = config.numNextnPredictLayers > 0 && source.has(`model.layers.${config.numHiddenLayers}.eh_proj.weight`);
+    const model = new DeepseekV3(backend, config, new ParameterSet(source), withMtp);
+    for (const m of model.mtp) {
+      source.markUsed(`${m.prefix}.embed_tokens.weight`);
+      source.markUsed(`${m.prefix}.shared_head.head.weight`);
+    }
+    const unused = source.unused();
     if (unused.length > 0) {
       throw new Error(`${dir}: ${unused.length} checkpoint tensor(s) not used by the model, e.g. "${unused.slice(0, 3).join('", "')}"`);
     }
-    const mtpTensorNames = checkpoint.names().filter((n) => layerIndex(n) >= config.numHiddenLayers);
-    return { model, config, mtpTensorNames };
+    return { model, config };
   } finally {
     checkpoint.close();
   }

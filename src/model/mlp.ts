@@ -3,29 +3,47 @@
 
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { ParameterSource } from './parameters.js';
+import type { WeightGradJob } from './grad-jobs.js';
+import { Linear } from './linear.js';
+import type { ParameterSet } from './parameters.js';
+
+/** What the backward pass needs from one forward call. */
+export interface MlpSaved {
+  x: Tensor;
+  gate: Tensor;
+  up: Tensor;
+  act: Tensor;
+}
 
 export class MLP {
-  readonly gate: Tensor;
-  readonly up: Tensor;
-  readonly down: Tensor;
+  readonly gate: Linear;
+  readonly up: Linear;
+  readonly down: Linear;
 
   /** prefix e.g. "model.layers.0.mlp"; hidden d, width I. */
-  constructor(params: ParameterSource, prefix: string, hidden: number, width: number) {
-    this.gate = params.get(`${prefix}.gate_proj.weight`, [width, hidden]);
-    this.up = params.get(`${prefix}.up_proj.weight`, [width, hidden]);
-    this.down = params.get(`${prefix}.down_proj.weight`, [hidden, width]);
+  constructor(params: ParameterSet, prefix: string, hidden: number, width: number) {
+    this.gate = new Linear(params.param(`${prefix}.gate_proj.weight`, [width, hidden]));
+    this.up = new Linear(params.param(`${prefix}.up_proj.weight`, [width, hidden]));
+    this.down = new Linear(params.param(`${prefix}.down_proj.weight`, [hidden, width]));
   }
 
-  /** x [M, d] → [M, d] */
-  forward(b: Backend, x: Tensor): Tensor {
-    const g = b.linear(x, this.gate);
-    const u = b.linear(x, this.up);
-    const act = b.swiglu(g, u);
-    b.free(g);
-    b.free(u);
-    const y = b.linear(act, this.down);
-    b.free(act);
+  /** x [M, d] → [M, d]; with `save`, keeps what backward needs there instead of freeing it. */
+  forward(b: Backend, x: Tensor, save?: (s: MlpSaved) => void): Tensor {
+    const gate = this.gate.forward(b, x);
+    const up = this.up.forward(b, x);
+    const act = b.swiglu(gate, up);
+    const y = this.down.forward(b, act);
+    if (save) save({ x, gate, up, act });
+    else for (const t of [gate, up, act]) b.free(t);
     return y;
+  }
+
+  /** dy [M, d] → dx [M, d] (added into `into` when given). */
+  backwardInput(b: Backend, s: MlpSaved, dy: Tensor, jobs: WeightGradJob[], into?: Tensor): Tensor {
+    const dAct = this.down.backwardInput(b, s.act, dy, jobs);
+    const { dGate, dUp } = b.swigluBackward(s.gate, s.up, dAct);
+    const dx = this.gate.backwardInput(b, s.x, dGate, jobs, into);
+    this.up.backwardInput(b, s.x, dUp, jobs, dx);
+    return dx;
   }
 }

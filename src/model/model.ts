@@ -1,13 +1,16 @@
-// The DeepSeek-V3 causal language model: embedding, decoder layers, final norm, output head.
-// One class serves every configuration; nothing depends on the hidden size.
+// The DeepSeek-V3 causal language model: embedding, decoder layers, final norm, output head,
+// and the optional multi-token-prediction modules. One class serves every configuration.
 
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { LatentCache } from '../infer/latent-cache.js';
 import type { ModelConfig } from './config.js';
 import { DecoderLayer } from './decoder-layer.js';
+import { Linear } from './linear.js';
 import type { ForwardContext } from './mla.js';
-import type { ParameterSource } from './parameters.js';
+import { MtpModule } from './mtp.js';
+import type { Parameter, ParameterSet } from './parameters.js';
+import { RMSNorm } from './rms-norm.js';
 import { ropeTables, softmaxScale } from './rope.js';
 
 export interface ForwardOptions {
@@ -22,29 +25,35 @@ export interface ForwardOptions {
 }
 
 export class DeepseekV3 {
-  readonly embedTokens: Tensor;
+  readonly embedTokens: Parameter;
   readonly layers: DecoderLayer[] = [];
-  readonly norm: Tensor;
-  readonly lmHead: Tensor;
+  readonly norm: RMSNorm;
+  readonly lmHead: Linear;
+  /** MTP modules k = 1..D (empty when the checkpoint has none and training did not ask for them). */
+  readonly mtp: MtpModule[] = [];
   private cos: Tensor | null = null;
   private sin: Tensor | null = null;
   private ropePositions = 0;
 
-  constructor(readonly backend: Backend, readonly config: ModelConfig, params: ParameterSource) {
+  /** `withMtp`: build the config's num_nextn_predict_layers MTP modules (training, speculative decoding). */
+  constructor(readonly backend: Backend, readonly config: ModelConfig, readonly params: ParameterSet, withMtp = false) {
     const c = config;
-    this.embedTokens = params.get('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
+    this.embedTokens = params.param('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
     const scale = softmaxScale(c);
     for (let l = 0; l < c.numHiddenLayers; l++) {
       this.layers.push(new DecoderLayer(params, `model.layers.${l}`, c, l < c.firstKDenseReplace, scale));
     }
-    this.norm = params.get('model.norm.weight', [c.hiddenSize]);
-    this.lmHead = c.tieWordEmbeddings ? this.embedTokens : params.get('lm_head.weight', [c.vocabSize, c.hiddenSize]);
+    this.norm = new RMSNorm(params.param('model.norm.weight', [c.hiddenSize]), c.rmsNormEps);
+    this.lmHead = new Linear(c.tieWordEmbeddings ? this.embedTokens : params.param('lm_head.weight', [c.vocabSize, c.hiddenSize]));
+    if (withMtp) {
+      for (let k = 1; k <= c.numNextnPredictLayers; k++) this.mtp.push(new MtpModule(params, `model.layers.${c.numHiddenLayers + k - 1}`, c, scale));
+    }
   }
 
   /** RoPE tables covering positions [0, needed), grown by doubling up to max_position_embeddings. */
   private ropeFor(needed: number): { cos: Tensor; sin: Tensor } {
     const max = this.config.maxPositionEmbeddings;
-    if (needed > max) throw new Error(`sequence of ${needed} tokens exceeds max_position_embeddings (${max})`);
+    if (needed > max) throw new Error(`a sequence of ${needed} tokens exceeds max_position_embeddings (${max})`);
     if (needed > this.ropePositions) {
       const positions = Math.min(max, Math.max(needed, 2 * this.ropePositions, 256));
       const { cos, sin } = ropeTables(this.config, positions);
@@ -66,6 +75,15 @@ export class DeepseekV3 {
     return { batch, seq, start, positions: this.backend.uploadInt(pos, [batch * seq]), cos, sin };
   }
 
+  /** Embedding rows: ids [N] (host) → [N, d]. */
+  embed(ids: Int32Array): Tensor {
+    const b = this.backend;
+    const idsT = b.uploadInt(ids, [ids.length]);
+    const h = b.embedding(this.embedTokens.value, idsT);
+    b.free(idsT);
+    return h;
+  }
+
   /** Final hidden states after model.norm: ids [B·T] (row-major [B, T]) → [B·T, d]. */
   hidden(ids: Int32Array, batch: number, seq: number, opts: ForwardOptions = {}): Tensor {
     const b = this.backend;
@@ -75,17 +93,15 @@ export class DeepseekV3 {
       throw new Error(`latent cache of batch ${cache.batch} and capacity ${cache.capacity} cannot take ${batch}×${seq} more tokens after ${start}`);
     }
     const ctx = this.context(batch, seq, start);
-    const idsT = b.uploadInt(ids, [batch * seq]);
-    let h = b.embedding(this.embedTokens, idsT);
-    b.free(idsT);
+    let h = this.embed(ids);
     opts.hiddenStates?.push(h);
     this.layers.forEach((layer, l) => {
-      const next = layer.forward(b, h, ctx, cache?.layers[l], opts.expertLoad?.[l]);
+      const next = layer.forward(b, h, ctx, { cache: cache?.layers[l], expertLoad: opts.expertLoad?.[l] });
       if (!opts.hiddenStates) b.free(h);
       h = next;
       opts.hiddenStates?.push(h);
     });
-    const out = b.rmsNorm(h, this.norm, this.config.rmsNormEps);
+    const out = this.norm.forward(b, h);
     if (!opts.hiddenStates) b.free(h);
     opts.hiddenStates?.push(out);
     b.free(ctx.positions);
@@ -102,7 +118,7 @@ export class DeepseekV3 {
       x = b.zeros([batch, this.config.hiddenSize]);
       for (let i = 0; i < batch; i++) b.addInPlace(b.rows(x, i, 1), b.rows(h, i * seq + seq - 1, 1));
     }
-    const logits = b.linear(x, this.lmHead);
+    const logits = this.lmHead.forward(b, x);
     if (x !== h) b.free(x);
     if (!opts.hiddenStates) b.free(h);
     return logits;

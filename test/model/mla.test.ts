@@ -8,6 +8,7 @@ import { LatentCache } from '../../src/infer/latent-cache.js';
 import { parseConfig } from '../../src/model/config.js';
 import { MultiHeadLatentAttention } from '../../src/model/mla.js';
 import { DeepseekV3 } from '../../src/model/model.js';
+import { ParameterSet } from '../../src/model/parameters.js';
 import { RandomParameters } from '../../src/model/random-parameters.js';
 import { softmaxScale } from '../../src/model/rope.js';
 import { Random } from '../../src/util/random.js';
@@ -44,8 +45,8 @@ for (const dtype of ['f32', 'f64'] as const) {
         const rng = new Random(seed);
         const config = randomConfig(rng, qLora, yarn);
         const b = new CpuBackend(dtype);
-        const mla = new MultiHeadLatentAttention(new RandomParameters(b, { seed, std: 0.3, vectors: 'random' }), 'attn', config, softmaxScale(config));
-        const model = new DeepseekV3(b, config, new RandomParameters(b, { seed: seed + 1, vectors: 'random' }));
+        const mla = new MultiHeadLatentAttention(new ParameterSet(new RandomParameters(b, { seed, std: 0.3, vectors: 'random' })), 'attn', config, softmaxScale(config));
+        const model = new DeepseekV3(b, config, new ParameterSet(new RandomParameters(b, { seed: seed + 1, vectors: 'random' })));
         const B = 2, T = 5 + rng.int(6);
         const x = b.upload(Float64Array.from({ length: B * T * config.hiddenSize }, () => rng.normal()), [B * T, config.hiddenSize]);
         const naive = b.download(mla.forwardNaive(b, x, model.context(B, T, 0)));

@@ -1,12 +1,13 @@
 // The CPU backend (DESIGN §6): FP32 or FP64 everywhere, GEMMs on all cores through
 // ./gemm (a system BLAS or our own kernel), the other ops as plain loops.
 
-import type { Backend, GemmSpec, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
+import type { AdamWHyper, Backend, GemmSpec, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
 import { numel, shapeString, type Tensor } from '../../tensor/tensor.js';
 import { causalAttention, latentAttention } from './attention.js';
 import { CpuTensor, allocFloat, floats, ints, type FloatArray } from './cpu-tensor.js';
 import { gemm } from './gemm/index.js';
 import { routeTokens } from './router.js';
+import * as train from './training-ops.js';
 
 function sameShape(a: Tensor, b: Tensor, op: string): void {
   if (a.shape.length !== b.shape.length || a.shape.some((s, i) => s !== b.shape[i])) {
@@ -184,7 +185,7 @@ export class CpuBackend implements Backend {
     return out;
   }
 
-  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number): Tensor {
+  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number, inverse = false): Tensor {
     const [N, H, W] = x.shape;
     const half = rot / 2;
     const xs = floats(x), c = floats(cos), s = floats(sin), pos = ints(positions);
@@ -199,7 +200,7 @@ export class CpuBackend implements Backend {
         const base = (n * H + h) * W + colOffset;
         for (let i = 0; i < half; i++) {
           const x0 = xs[base + 2 * i], x1 = xs[base + 2 * i + 1];
-          const ci = c[p * half + i], si = s[p * half + i];
+          const ci = c[p * half + i], si = inverse ? -s[p * half + i] : s[p * half + i];
           o[base + 2 * i] = x0 * ci - x1 * si;
           o[base + 2 * i + 1] = x1 * ci + x0 * si;
         }
@@ -287,5 +288,168 @@ export class CpuBackend implements Backend {
       for (let i = 0; i < d; i++) o[n * d + i] += g * y[r * d + i];
     }
     return out;
+  }
+
+  // ---- backward passes ----------------------------------------------------------------
+
+  rmsNormBackwardInput(x: Tensor, w: Tensor, dy: Tensor, eps: number): Tensor {
+    sameShape(x, dy, 'rmsNormBackwardInput');
+    const d = lastDim(x);
+    const xs = floats(x), ws = floats(w), g = floats(dy);
+    const out = this.newFloat(x.shape);
+    const o = out.data as FloatArray;
+    // y = w ∘ x · r, r = (mean(x²) + eps)^-½  ⇒  dx = r · (w∘dy) − x · r³ · mean(x ∘ w∘dy)
+    for (let row = 0; row < xs.length / d; row++) {
+      const base = row * d;
+      let sumSq = 0, dot = 0;
+      for (let i = 0; i < d; i++) {
+        sumSq += xs[base + i] * xs[base + i];
+        dot += xs[base + i] * ws[i] * g[base + i];
+      }
+      const r = 1 / Math.sqrt(sumSq / d + eps);
+      const c = (r * r * r * dot) / d;
+      for (let i = 0; i < d; i++) o[base + i] = r * ws[i] * g[base + i] - c * xs[base + i];
+    }
+    return out;
+  }
+
+  rmsNormBackwardWeight(x: Tensor, dy: Tensor, eps: number, dw: Tensor): void {
+    sameShape(x, dy, 'rmsNormBackwardWeight');
+    const d = lastDim(x);
+    const xs = floats(x), g = floats(dy), gw = floats(dw);
+    for (let row = 0; row < xs.length / d; row++) {
+      const base = row * d;
+      let sumSq = 0;
+      for (let i = 0; i < d; i++) sumSq += xs[base + i] * xs[base + i];
+      const r = 1 / Math.sqrt(sumSq / d + eps);
+      for (let i = 0; i < d; i++) gw[i] += g[base + i] * xs[base + i] * r;
+    }
+  }
+
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor): { dGate: Tensor; dUp: Tensor } {
+    sameShape(gate, up, 'swigluBackward');
+    sameShape(gate, dy, 'swigluBackward');
+    const g = floats(gate), u = floats(up), d = floats(dy);
+    const dGate = this.newFloat(gate.shape), dUp = this.newFloat(gate.shape);
+    const dg = dGate.data as FloatArray, du = dUp.data as FloatArray;
+    for (let i = 0; i < g.length; i++) {
+      const sig = 1 / (1 + Math.exp(-g[i]));
+      du[i] = d[i] * g[i] * sig;
+      dg[i] = d[i] * u[i] * sig * (1 + g[i] * (1 - sig));
+    }
+    return { dGate, dUp };
+  }
+
+  embeddingBackward(ids: Tensor, dy: Tensor, dTable: Tensor): void {
+    const d = lastDim(dTable);
+    const idx = ints(ids), g = floats(dy), t = floats(dTable);
+    for (let n = 0; n < idx.length; n++) {
+      const row = idx[n] * d;
+      for (let i = 0; i < d; i++) t[row + i] += g[n * d + i];
+    }
+  }
+
+  addToCols(dst: Tensor, src: Tensor, start: number): void {
+    const C = lastDim(dst), W = lastDim(src);
+    const M = numel(dst.shape) / C;
+    if (numel(src.shape) / W !== M || start + W > C) throw new Error(`addToCols: ${shapeString(src.shape)} at ${start} into ${shapeString(dst.shape)}`);
+    const d = floats(dst), s = floats(src);
+    for (let r = 0; r < M; r++) for (let i = 0; i < W; i++) d[r * C + start + i] += s[r * W + i];
+  }
+
+  sumHeads(x: Tensor): Tensor {
+    const [N, H, C] = x.shape;
+    const xs = floats(x);
+    const out = this.newFloat([N, 1, C]);
+    const o = out.data as FloatArray;
+    for (let n = 0; n < N; n++) for (let h = 0; h < H; h++) for (let c = 0; c < C; c++) o[n * C + c] += xs[(n * H + h) * C + c];
+    return out;
+  }
+
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dOut: Tensor, scale: number, qStart: number): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const [B, Tq, H, Dk] = q.shape;
+    const [, Tk, , Dv] = v.shape;
+    sameShape(out, dOut, 'attentionBackward');
+    const dq = this.newFloat(q.shape), dk = this.newFloat(k.shape), dv = this.newFloat(v.shape);
+    train.causalAttentionBackward(
+      floats(q), floats(k), floats(v), floats(out), floats(dOut), dq.data as FloatArray, dk.data as FloatArray, dv.data as FloatArray,
+      allocFloat(this.floatDType, Tq * Tk), allocFloat(this.floatDType, Tq * Tk), { B, Tq, Tk, H, Dk, Dv }, scale, qStart,
+    );
+    return { dq, dk, dv };
+  }
+
+  moeUnpermuteBackward(dy: Tensor, expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): { dExpertOut: Tensor; dWeights: Tensor } {
+    const [, K] = weights.shape;
+    const d = lastDim(expertOut);
+    const g = floats(dy), y = floats(expertOut), w = floats(weights), slots = ints(sourceSlot);
+    const dExpertOut = this.newFloat(expertOut.shape), dWeights = this.newFloat(weights.shape);
+    const de = dExpertOut.data as FloatArray, dw = dWeights.data as FloatArray;
+    for (let r = 0; r < slots.length; r++) {
+      const slot = slots[r];
+      const n = Math.floor(slot / K);
+      let dot = 0;
+      for (let i = 0; i < d; i++) {
+        de[r * d + i] = w[slot] * g[n * d + i];
+        dot += g[n * d + i] * y[r * d + i];
+      }
+      dw[slot] = dot;
+    }
+    return { dExpertOut, dWeights };
+  }
+
+  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number): Tensor {
+    const d = lastDim(dRows);
+    const slots = ints(sourceSlot), g = floats(dRows);
+    const K = slots.length / numTokens;
+    const out = this.newFloat([numTokens, d]);
+    const o = out.data as FloatArray;
+    for (let r = 0; r < slots.length; r++) {
+      const n = Math.floor(slots[r] / K);
+      for (let i = 0; i < d; i++) o[n * d + i] += g[r * d + i];
+    }
+    return out;
+  }
+
+  routerBackward(logits: Tensor, route: RouterOutput, dWeights: Tensor, dScores: Tensor | null, cfg: RouterConfig): Tensor {
+    const [N, E] = logits.shape;
+    const dLogits = this.newFloat([N, E]);
+    train.routerBackward(floats(route.scores), ints(route.indices), floats(dWeights), dScores ? floats(dScores) : null, N, E, cfg, dLogits.data as FloatArray);
+    return dLogits;
+  }
+
+  sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor } {
+    const [N, E] = route.scores.shape;
+    const K = lastDim(route.indices);
+    if (N !== batch * seq) throw new Error(`sequenceBalanceLoss: ${N} tokens for ${batch}×${seq}`);
+    const dScores = this.newFloat([N, E]);
+    const loss = train.sequenceBalanceLoss(floats(route.scores), ints(route.indices), batch, seq, E, K, alpha, dScores.data as FloatArray);
+    return { loss, dScores };
+  }
+
+  // ---- losses and optimisation --------------------------------------------------------
+
+  crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor } {
+    const [M, V] = logits.shape;
+    if (numel(targets.shape) !== M) throw new Error(`crossEntropy: ${numel(targets.shape)} targets for ${M} rows`);
+    const dLogits = this.newFloat([M, V]);
+    const r = train.crossEntropy(floats(logits), ints(targets), M, V, scale, dLogits.data as FloatArray);
+    return { ...r, dLogits };
+  }
+
+  sumSquares(x: Tensor): number {
+    const xs = floats(x);
+    let s = 0;
+    for (let i = 0; i < xs.length; i++) s += xs[i] * xs[i];
+    return s;
+  }
+
+  scaleInPlace(x: Tensor, alpha: number): void {
+    const xs = floats(x);
+    for (let i = 0; i < xs.length; i++) xs[i] *= alpha;
+  }
+
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
+    sameShape(param, grad, 'adamw');
+    train.adamw(floats(param), floats(grad), floats(m), floats(v), h);
   }
 }

@@ -11,7 +11,7 @@
 //
 // One engine per dtype per thread (the main thread and every pool worker own theirs).
 
-import { buildKernelModule, type KernelDType, type MacroKernel } from './wasm-kernel.js';
+import { buildKernelModule, type KernelDType, type MacroKernel, type PackKernel, type ScaleKernel } from './wasm-kernel.js';
 import type { AnyGemmArgs, FloatArray } from './types.js';
 
 // tsconfig's lib (ES2022, no DOM) declares no WebAssembly; these are the members used here.
@@ -91,19 +91,51 @@ export function planTiles(m: number, n: number, dtype: KernelDType, participants
   }
 }
 
+/**
+ * Copy a rows×cols block (row stride srcLd) into dst at dstOff with row stride dstLd. Bulk
+ * `set` is memcpy; a row at a time it costs ~30 ns of call overhead, so short rows go
+ * through a plain loop instead.
+ */
+function copyBlock(src: FloatArray, srcOff: number, srcLd: number, rows: number, cols: number, dst: FloatArray, dstOff: number, dstLd: number): void {
+  if (srcLd === cols && dstLd === cols) {
+    dst.set(src.subarray(srcOff, srcOff + rows * cols), dstOff);
+  } else if (cols >= 64) {
+    for (let i = 0; i < rows; i++) dst.set(src.subarray(srcOff + i * srcLd, srcOff + i * srcLd + cols), dstOff + i * dstLd);
+  } else {
+    for (let i = 0; i < rows; i++) {
+      const s = srcOff + i * srcLd;
+      const d = dstOff + i * dstLd;
+      for (let j = 0; j < cols; j++) dst[d + j] = src[s + j];
+    }
+  }
+}
+
 export class OwnGemmEngine {
   readonly blocking: Blocking;
   private readonly memory = new WebAssembly.Memory({ initial: 1 });
   private readonly macro: MacroKernel;
+  private readonly packRowsA: PackKernel;
+  private readonly packColsA: PackKernel;
+  private readonly packRowsB: PackKernel;
+  private readonly packColsB: PackKernel;
+  private readonly scale: ScaleKernel;
   private readonly es: number;
+  private readonly lanes: number;
   private view: FloatArray;
 
   constructor(readonly dtype: KernelDType) {
     this.blocking = BLOCKING[dtype];
-    const module = new WebAssembly.Module(buildKernelModule({ dtype, mr: this.blocking.mr, nr: this.blocking.nr }));
-    const instance = new WebAssembly.Instance(module, { env: { memory: this.memory } });
-    this.macro = instance.exports.macro as MacroKernel;
+    const { mr, nr } = this.blocking;
+    const module = new WebAssembly.Module(buildKernelModule({ dtype, mr, nr }));
+    const exports = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
+    this.macro = exports.macro as MacroKernel;
+    this.packRowsA = exports[`packRows${mr}`] as PackKernel;
+    this.packColsA = exports[`packCols${mr}`] as PackKernel;
+    this.packRowsB = exports[`packRows${nr}`] as PackKernel;
+    this.packColsB = exports[`packCols${nr}`] as PackKernel;
+    this.scale = exports.scale as ScaleKernel;
     this.es = dtype === 'f32' ? 4 : 8;
+    this.lanes = 16 / this.es;
     this.view = this.makeView();
   }
 
@@ -131,106 +163,88 @@ export class OwnGemmEngine {
   /** C[i0:i1, j0:j1] = alpha·op(A)[i0:i1, :]·op(B)[:, j0:j1] + beta·C[i0:i1, j0:j1], k > 0. */
   tile(args: AnyGemmArgs, i0: number, i1: number, j0: number, j1: number): void {
     const { mr, nr, kc: KC, mc: MC } = this.blocking;
-    const { k } = args;
+    const { k, a, b, c, lda, ldb, ldc, aOffset, bOffset, cOffset, alpha, beta } = args;
+    const es = this.es;
     const tm = i1 - i0;
     const tn = j1 - j0;
     const tmPad = roundUp(tm, mr);
     const tnPad = roundUp(tn, nr);
     const kcMax = Math.min(KC, k);
-    const cLen = tmPad * tnPad;
-    const bBase = cLen;
-    const aBase = bBase + kcMax * tnPad;
-    this.ensure(aBase + Math.min(MC, tmPad) * kcMax);
+    // Memory: accumulator C [tmPad, tnPad] | packed B [kc, tnPad] | packed A [MC, kc] | staging
+    const accLen = tmPad * tnPad;
+    const bPack = accLen;
+    const aPack = bPack + kcMax * tnPad;
+    const stage = aPack + Math.min(MC, tmPad) * kcMax;
+    this.ensure(stage + kcMax * Math.max(tn, Math.min(MC, tm)));
     const v = this.view;
-    const es = this.es;
-    v.fill(0, 0, cLen);
+
+    // acc = beta·C (the kernel adds alpha·A·B to it); beta = 0 never reads C.
+    v.fill(0, 0, accLen);
+    if (beta !== 0) {
+      copyBlock(c, cOffset + i0 * ldc + j0, ldc, tm, tn, v, 0, tnPad);
+      if (beta !== 1) this.scale(0, accLen, beta);
+    }
     for (let pc = 0; pc < k; pc += KC) {
       const kc = Math.min(KC, k - pc);
-      packB(args, v, bBase, pc, kc, j0, tn, tnPad, nr);
+      if (args.transB) {
+        // stored B rows j0…j1, columns pc…pc+kc
+        copyBlock(b, bOffset + j0 * ldb + pc, ldb, tn, kc, v, stage, kc);
+        this.packRows(this.packRowsB, v, bPack, stage, kc, tn, kc, nr, 1);
+      } else {
+        // stored B rows pc…pc+kc, columns j0…j1
+        copyBlock(b, bOffset + pc * ldb + j0, ldb, kc, tn, v, stage, tn);
+        this.packCols(this.packColsB, v, bPack, stage, tn, tn, kc, nr, 1);
+      }
       for (let ic = 0; ic < tm; ic += MC) {
-        const mcRows = Math.min(MC, tm - ic);
-        const mcPad = roundUp(mcRows, mr);
-        packA(args, v, aBase, i0 + ic, mcRows, mcPad, pc, kc, mr);
-        this.macro(aBase * es, bBase * es, ic * tnPad * es, mcPad / mr, tnPad / nr, kc, tnPad * es);
-      }
-    }
-    writeBack(args, v, i0, tm, j0, tn, tnPad);
-  }
-}
-
-/** Rows [i0, i0+rows) of op(A), columns [p0, p0+kc), into MR-high panels; pad rows are zero. */
-function packA(args: AnyGemmArgs, v: FloatArray, d: number, i0: number, rows: number, rowsPad: number, p0: number, kc: number, mr: number): void {
-  const { a, aOffset, lda } = args;
-  if (!args.transA) {
-    // A(i, p) = a[aOffset + i·lda + p]: read each row contiguously, write with stride MR.
-    for (let ir = 0; ir < rowsPad; ir += mr) {
-      for (let ii = 0; ii < mr; ii++) {
-        let dst = d + ir * kc + ii;
-        if (ir + ii < rows) {
-          const src = aOffset + (i0 + ir + ii) * lda + p0;
-          for (let p = 0; p < kc; p++, dst += mr) v[dst] = a[src + p];
+        const rows = Math.min(MC, tm - ic);
+        if (args.transA) {
+          copyBlock(a, aOffset + pc * lda + i0 + ic, lda, kc, rows, v, stage, rows);
+          this.packCols(this.packColsA, v, aPack, stage, rows, rows, kc, mr, alpha);
         } else {
-          for (let p = 0; p < kc; p++, dst += mr) v[dst] = 0;
+          copyBlock(a, aOffset + (i0 + ic) * lda + pc, lda, rows, kc, v, stage, kc);
+          this.packRows(this.packRowsA, v, aPack, stage, kc, rows, kc, mr, alpha);
         }
+        this.macro(aPack * es, bPack * es, ic * tnPad * es, roundUp(rows, mr) / mr, tnPad / nr, kc, tnPad * es);
       }
     }
-  } else {
-    // A(i, p) = a[aOffset + p·lda + i]: MR consecutive elements of a stored row per k step.
-    for (let ir = 0; ir < rowsPad; ir += mr) {
-      const valid = Math.min(mr, rows - ir);
-      let dst = d + ir * kc;
-      let src = aOffset + p0 * lda + i0 + ir;
-      for (let p = 0; p < kc; p++, dst += mr, src += lda) {
-        let ii = 0;
-        for (; ii < valid; ii++) v[dst + ii] = a[src + ii];
-        for (; ii < mr; ii++) v[dst + ii] = 0;
+    copyBlock(v, 0, tnPad, tm, tn, c, cOffset + i0 * ldc + j0, ldc);
+  }
+
+  /**
+   * Staged rows (n of them, kc elements each, row stride ld) → panels [kc][r]: WASM does the
+   * full panels up to the last whole vector of k; the loops here do the k tail and the
+   * zero-padded last panel.
+   */
+  private packRows(kernel: PackKernel, v: FloatArray, dst: number, src: number, ld: number, n: number, kc: number, r: number, alpha: number): void {
+    const full = Math.floor(n / r);
+    const kcVec = kc - (kc % this.lanes);
+    kernel(dst * this.es, src * this.es, ld * this.es, full, kc, kcVec, alpha);
+    for (let q = 0; q < full; q++) {
+      for (let p = kcVec; p < kc; p++) {
+        for (let i = 0; i < r; i++) v[dst + (q * kc + p) * r + i] = alpha * v[src + (q * r + i) * ld + p];
+      }
+    }
+    if (full * r < n) {
+      const valid = n - full * r;
+      const d = dst + full * kc * r;
+      const s = src + full * r * ld;
+      for (let p = 0; p < kc; p++) {
+        for (let i = 0; i < r; i++) v[d + p * r + i] = i < valid ? alpha * v[s + i * ld + p] : 0;
       }
     }
   }
-}
 
-/** Rows [p0, p0+kc) of op(B), columns [j0, j0+cols), into NR-wide panels; pad columns are zero. */
-function packB(args: AnyGemmArgs, v: FloatArray, d: number, p0: number, kc: number, j0: number, cols: number, colsPad: number, nr: number): void {
-  const { b, bOffset, ldb } = args;
-  if (!args.transB) {
-    // B(p, j) = b[bOffset + p·ldb + j]: NR consecutive elements of a stored row per k step.
-    for (let jr = 0; jr < colsPad; jr += nr) {
-      const valid = Math.min(nr, cols - jr);
-      let dst = d + jr * kc;
-      let src = bOffset + p0 * ldb + j0 + jr;
-      for (let p = 0; p < kc; p++, dst += nr, src += ldb) {
-        let jj = 0;
-        for (; jj < valid; jj++) v[dst + jj] = b[src + jj];
-        for (; jj < nr; jj++) v[dst + jj] = 0;
+  /** Staged kc rows of n elements (row stride ld) → panels [kc][r] of r consecutive columns. */
+  private packCols(kernel: PackKernel, v: FloatArray, dst: number, src: number, ld: number, n: number, kc: number, r: number, alpha: number): void {
+    const full = Math.floor(n / r);
+    kernel(dst * this.es, src * this.es, ld * this.es, full, kc, 0, alpha);
+    if (full * r < n) {
+      const valid = n - full * r;
+      const d = dst + full * kc * r;
+      const s = src + full * r;
+      for (let p = 0; p < kc; p++) {
+        for (let j = 0; j < r; j++) v[d + p * r + j] = j < valid ? alpha * v[s + p * ld + j] : 0;
       }
-    }
-  } else {
-    // B(p, j) = b[bOffset + j·ldb + p]: read each stored row (a column of op(B)) contiguously.
-    for (let jr = 0; jr < colsPad; jr += nr) {
-      for (let jj = 0; jj < nr; jj++) {
-        let dst = d + jr * kc + jj;
-        if (jr + jj < cols) {
-          const src = bOffset + (j0 + jr + jj) * ldb + p0;
-          for (let p = 0; p < kc; p++, dst += nr) v[dst] = b[src + p];
-        } else {
-          for (let p = 0; p < kc; p++, dst += nr) v[dst] = 0;
-        }
-      }
-    }
-  }
-}
-
-function writeBack(args: AnyGemmArgs, v: FloatArray, i0: number, rows: number, j0: number, cols: number, ldv: number): void {
-  const { c, cOffset, ldc, alpha, beta } = args;
-  for (let i = 0; i < rows; i++) {
-    const ci = cOffset + (i0 + i) * ldc + j0;
-    const vi = i * ldv;
-    if (beta === 0) {
-      for (let j = 0; j < cols; j++) c[ci + j] = alpha * v[vi + j];
-    } else if (beta === 1) {
-      for (let j = 0; j < cols; j++) c[ci + j] += alpha * v[vi + j];
-    } else {
-      for (let j = 0; j < cols; j++) c[ci + j] = alpha * v[vi + j] + beta * c[ci + j];
     }
   }
 }

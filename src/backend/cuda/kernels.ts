@@ -1,0 +1,60 @@
+// The table of every kernel the CUDA backend launches: the file that defines it and the C
+// types of its parameters, in order. A CPU test checks this table against the `extern "C"`
+// signatures in kernels/*.cu, so an argument list can't silently drift from its kernel.
+
+import type { KernelArgType } from './launch.js';
+import type { CudaContext } from './context.js';
+import type { KernelFunction } from './compile.js';
+
+export interface KernelSpec {
+  file: string;
+  args: readonly KernelArgType[];
+}
+
+const P = 'ptr', I = 'i32', F = 'f32', L = 'i64';
+
+// q1, q2, k1, k2, v, out; B, Tq, Tk, S, H, Hk, D1, D2, Dv; scale; qStart
+const ATTENTION: KernelSpec = { file: 'attention.cu', args: [P, P, P, P, P, P, I, I, I, I, I, I, I, I, I, F, I] };
+const ROUTER: KernelSpec = { file: 'router.cu', args: [P, P, P, P, P, I, I, I, I, I, I, I, I, I, F] };
+
+export const KERNELS = {
+  add_bf16: { file: 'elementwise.cu', args: [P, P, P, L] },
+  add_f32: { file: 'elementwise.cu', args: [P, P, P, L] },
+  add_inplace_bf16: { file: 'elementwise.cu', args: [P, P, F, L] },
+  add_inplace_f32: { file: 'elementwise.cu', args: [P, P, F, L] },
+  cast_f32_to_bf16: { file: 'elementwise.cu', args: [P, P, L] },
+  cast_bf16_to_f32: { file: 'elementwise.cu', args: [P, P, L] },
+  swiglu_bf16: { file: 'swiglu.cu', args: [P, P, P, L] },
+  swiglu_f32: { file: 'swiglu.cu', args: [P, P, P, L] },
+  rmsnorm_bf16: { file: 'rmsnorm.cu', args: [P, P, P, I, I, F] },
+  rmsnorm_f32: { file: 'rmsnorm.cu', args: [P, P, P, I, I, F] },
+  embedding_bf16: { file: 'embedding.cu', args: [P, P, P, I, I, I] },
+  embedding_f32: { file: 'embedding.cu', args: [P, P, P, I, I, I] },
+  rope_bf16: { file: 'rope.cu', args: [P, P, P, P, P, I, I, I, I, I, I] },
+  rope_bf16_f32tab: { file: 'rope.cu', args: [P, P, P, P, P, I, I, I, I, I, I] },
+  rope_f32: { file: 'rope.cu', args: [P, P, P, P, P, I, I, I, I, I, I] },
+  copy_2d_b16: { file: 'columns.cu', args: [P, L, L, P, L, L, I, I] },
+  copy_2d_b32: { file: 'columns.cu', args: [P, L, L, P, L, L, I, I] },
+  router_topk_f32_f32: ROUTER,
+  router_topk_f32_bf16: ROUTER,
+  router_topk_bf16_f32: ROUTER,
+  router_topk_bf16_bf16: ROUTER,
+  moe_count: { file: 'moe.cu', args: [P, I, P] },
+  moe_scatter: { file: 'moe.cu', args: [P, I, P, P, P] },
+  moe_gather_bf16: { file: 'moe.cu', args: [P, P, P, I, I, I] },
+  moe_gather_f32: { file: 'moe.cu', args: [P, P, P, I, I, I] },
+  moe_invert: { file: 'moe.cu', args: [P, I, P] },
+  moe_combine_bf16_f32w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
+  moe_combine_bf16_bf16w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
+  moe_combine_f32_f32w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
+  attention_fwd_bf16: ATTENTION,
+  attention_fwd_f32: ATTENTION,
+} as const satisfies Record<string, KernelSpec>;
+
+export type KernelName = keyof typeof KERNELS;
+
+/** The launchable kernel `name` on `ctx` (its file compiled on first use). */
+export function kernel(ctx: CudaContext, name: KernelName): KernelFunction {
+  const spec: KernelSpec = KERNELS[name];
+  return ctx.kernels(spec.file).fn(name, spec.args);
+}

@@ -1,0 +1,95 @@
+// MoE permute / unpermute (Backend.moePermute, moeUnpermute).
+// Permute is a stable counting sort of the N·K slots by expert (slot order kept inside each
+// expert, like the CPU backend), in three launches:
+//   moe_count   counts[e]                        (one block per expert)
+//   moe_scatter sourceSlot[row] = slot, rowOfSlot[slot] = row  (one block per expert, walking
+//               the slots in order and ranking matches with a ballot + block scan)
+//   moe_gather  rows[row] = x[sourceSlot[row] / K]
+// Unpermute inverts sourceSlot (moe_invert) and sums each token's K expert rows weighted
+// (moe_combine, FP32 accumulation).
+#include "common.cuh"
+
+extern "C" __global__ void moe_count(const int* __restrict__ indices, int nk, int* __restrict__ counts) {
+  const int e = blockIdx.x;
+  int c = 0;
+  for (int s = threadIdx.x; s < nk; s += blockDim.x) c += indices[s] == e;
+  c = block_sum_int(c);
+  if (threadIdx.x == 0) counts[e] = c;
+}
+
+/** blockDim.x must be a multiple of 32. */
+extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, const int* __restrict__ counts, int* __restrict__ sourceSlot,
+                                       int* __restrict__ rowOfSlot) {
+  __shared__ int warpCounts[32];
+  __shared__ int base;
+  const int e = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  int before = 0;
+  for (int j = threadIdx.x; j < e; j += blockDim.x) before += counts[j];
+  before = block_sum_int(before);
+  if (threadIdx.x == 0) base = before;
+  __syncthreads();
+  for (int t0 = 0; t0 < nk; t0 += blockDim.x) {
+    const int s = t0 + threadIdx.x;
+    const bool match = s < nk && indices[s] == e;
+    const unsigned ballot = __ballot_sync(FULL_MASK, match);
+    if (lane == 0) warpCounts[warp] = __popc(ballot);
+    __syncthreads();
+    int earlier = 0, tile = 0;
+    for (int w = 0; w < warps; w++) {
+      if (w < warp) earlier += warpCounts[w];
+      tile += warpCounts[w];
+    }
+    if (match) {
+      const int row = base + earlier + __popc(ballot & ((1u << lane) - 1u));
+      sourceSlot[row] = s;
+      rowOfSlot[s] = row;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) base += tile;
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void moe_gather_impl(const T* __restrict__ x, const int* __restrict__ sourceSlot, T* __restrict__ rows, int nk, int K, int d) {
+  for (int r = blockIdx.x; r < nk; r += gridDim.x) block_copy_row(x + (i64)(sourceSlot[r] / K) * d, rows + (i64)r * d, d);
+}
+
+extern "C" __global__ void moe_gather_bf16(const bf16* x, const int* sourceSlot, bf16* rows, int nk, int K, int d) { moe_gather_impl(x, sourceSlot, rows, nk, K, d); }
+extern "C" __global__ void moe_gather_f32(const float* x, const int* sourceSlot, float* rows, int nk, int K, int d) { moe_gather_impl(x, sourceSlot, rows, nk, K, d); }
+
+extern "C" __global__ void moe_invert(const int* __restrict__ sourceSlot, int nk, int* __restrict__ rowOfSlot) {
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < nk; r += gridDim.x * blockDim.x) rowOfSlot[sourceSlot[r]] = r;
+}
+
+/** y[n] = Σ_k weights[n, k] · expertOut[rowOfSlot[n·K + k]]; K ≤ 64 (checked by the host). */
+template <typename T, typename W>
+__device__ __forceinline__ void moe_combine_impl(const T* __restrict__ expertOut, const int* __restrict__ rowOfSlot, const W* __restrict__ weights,
+                                                 T* __restrict__ y, int N, int K, int d) {
+  __shared__ int rowsOf[64];
+  __shared__ float weightOf[64];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    __syncthreads();
+    if (threadIdx.x < K) {
+      rowsOf[threadIdx.x] = rowOfSlot[(i64)n * K + threadIdx.x];
+      weightOf[threadIdx.x] = to_float(weights[(i64)n * K + threadIdx.x]);
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      float acc = 0.0f;
+      for (int k = 0; k < K; k++) acc = fmaf(weightOf[k], to_float(expertOut[(i64)rowsOf[k] * d + c]), acc);
+      y[(i64)n * d + c] = from_float<T>(acc);
+    }
+  }
+}
+
+extern "C" __global__ void moe_combine_bf16_f32w(const bf16* expertOut, const int* rowOfSlot, const float* weights, bf16* y, int N, int K, int d) {
+  moe_combine_impl(expertOut, rowOfSlot, weights, y, N, K, d);
+}
+extern "C" __global__ void moe_combine_bf16_bf16w(const bf16* expertOut, const int* rowOfSlot, const bf16* weights, bf16* y, int N, int K, int d) {
+  moe_combine_impl(expertOut, rowOfSlot, weights, y, N, K, d);
+}
+extern "C" __global__ void moe_combine_f32_f32w(const float* expertOut, const int* rowOfSlot, const float* weights, float* y, int N, int K, int d) {
+  moe_combine_impl(expertOut, rowOfSlot, weights, y, N, K, d);
+}

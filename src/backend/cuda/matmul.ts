@@ -1,0 +1,170 @@
+// Row-major GEMMs through cuBLASLt (DESIGN §4): C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b].
+//
+// cuBLASLt is column-major. A row-major matrix X with row stride ld is, read column-major, Xᵀ
+// with the same ld; so the row-major product C = op(A)·op(B) is computed as the column-major
+// product Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our B, its "B" is our A, m' = N, n' = M. The
+// Linear layer y = x·Wᵀ (W stored [N, K]) becomes transa = T on W, transb = N on x: the "TN"
+// layout that FP8 GEMMs require too.
+//
+// Each distinct problem (shape, dtypes, transposes, strides, pointer alignment) gets a plan —
+// descriptors plus the heuristic's best algorithm — built once and kept until dispose().
+
+import type { Handle } from './ffi/driver.js';
+import {
+  check, cublasLt, HEURISTIC_RESULT_BYTES, HEURISTIC_ALGO_BYTES, HEURISTIC_WORKSPACE_OFFSET,
+  CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, CUBLAS_OP_N, CUBLAS_OP_T,
+  CUBLASLT_MATMUL_DESC_TRANSA, CUBLASLT_MATMUL_DESC_TRANSB, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+  CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+} from './ffi/cublaslt.js';
+import type { CudaContext } from './context.js';
+
+export type GemmDType = 'bf16' | 'f32';
+
+const ELEMENT_BYTES: Record<GemmDType, number> = { bf16: 2, f32: 4 };
+const CUDA_TYPE: Record<GemmDType, number> = { bf16: CUDA_R_16BF, f32: CUDA_R_32F };
+
+/** One row-major GEMM problem; op(A) is [m, k], op(B) is [k, n], C is [m, n]. */
+export interface RowMajorGemm {
+  m: number;
+  n: number;
+  k: number;
+  /** A, B (and C/D) element types; A and B must match. */
+  abType: GemmDType;
+  cType: GemmDType;
+  transA: boolean;
+  transB: boolean;
+  lda: number;
+  ldb: number;
+  ldc: number;
+  batch?: number;
+  /** Element strides between consecutive matrices of a batch. */
+  strideA?: number;
+  strideB?: number;
+  strideC?: number;
+}
+
+interface Plan {
+  desc: Handle;
+  aLayout: Handle;
+  bLayout: Handle;
+  cLayout: Handle;
+  algo: Buffer;
+}
+
+/** Largest power of two (≤ 256) dividing the address: the alignment cuBLASLt may assume. */
+function alignmentOf(ptr: number): number {
+  let a = 256;
+  while (a > 1 && ptr % a !== 0) a >>= 1;
+  return a;
+}
+
+function int32(v: number): Int32Array {
+  return new Int32Array([v]);
+}
+
+export class CublasLtMatmul {
+  private readonly plans = new Map<string, Plan>();
+  private readonly alpha = new Float32Array(1);
+  private readonly beta = new Float32Array(1);
+
+  constructor(private readonly ctx: CudaContext) {}
+
+  /** C = alpha·op(A)·op(B) + beta·C on the context's stream (device pointers a, b, c). */
+  run(g: RowMajorGemm, a: number, b: number, c: number, alpha = 1, beta = 0): void {
+    if (g.m === 0 || g.n === 0) return;
+    const batch = g.batch ?? 1;
+    const key = `${g.m},${g.n},${g.k},${g.abType},${g.cType},${g.transA ? 1 : 0}${g.transB ? 1 : 0},${g.lda},${g.ldb},${g.ldc},${batch},${g.strideA ?? 0},${g.strideB ?? 0},${g.strideC ?? 0},${alignmentOf(a)},${alignmentOf(b)},${alignmentOf(c)}`;
+    let plan = this.plans.get(key);
+    if (!plan) {
+      plan = this.makePlan(g, alignmentOf(a), alignmentOf(b), alignmentOf(c));
+      this.plans.set(key, plan);
+    }
+    this.alpha[0] = alpha;
+    this.beta[0] = beta;
+    // Swapped operands: cuBLASLt's A is our B and its B is our A (see the header comment).
+    check(
+      'cublasLtMatmul',
+      cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, b, plan.aLayout, a, plan.bLayout, this.beta, c, plan.cLayout, c, plan.cLayout,
+        plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream),
+    );
+  }
+
+  private makePlan(g: RowMajorGemm, alignA: number, alignB: number, alignC: number): Plan {
+    const lt = cublasLt();
+    const batch = g.batch ?? 1;
+    const out: Handle[] = [null];
+    check('cublasLtMatmulDescCreate', lt.cublasLtMatmulDescCreate(out, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const desc = out[0];
+    const layouts: Handle[] = [];
+    try {
+      check('cublasLtMatmulDescSetAttribute(TRANSA)', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, int32(g.transB ? CUBLAS_OP_T : CUBLAS_OP_N), 4));
+      check('cublasLtMatmulDescSetAttribute(TRANSB)', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, int32(g.transA ? CUBLAS_OP_T : CUBLAS_OP_N), 4));
+      const layout = (type: GemmDType, rows: number, cols: number, ld: number, stride: number): Handle => {
+        const o: Handle[] = [null];
+        check('cublasLtMatrixLayoutCreate', lt.cublasLtMatrixLayoutCreate(o, CUDA_TYPE[type], rows, cols, ld));
+        layouts.push(o[0]);
+        if (batch > 1) {
+          check('cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)', lt.cublasLtMatrixLayoutSetAttribute(o[0], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, int32(batch), 4));
+          check('cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)',
+            lt.cublasLtMatrixLayoutSetAttribute(o[0], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, new BigInt64Array([BigInt(stride)]), 8));
+        }
+        return o[0];
+      };
+      // cuBLASLt A = our B: op must be [N, K]. Stored row-major [K, N] reads column-major as [N, K].
+      const aLayout = g.transB ? layout(g.abType, g.k, g.n, g.ldb, g.strideB ?? 0) : layout(g.abType, g.n, g.k, g.ldb, g.strideB ?? 0);
+      // cuBLASLt B = our A: op must be [K, M]. Stored row-major [M, K] reads column-major as [K, M].
+      const bLayout = g.transA ? layout(g.abType, g.m, g.k, g.lda, g.strideA ?? 0) : layout(g.abType, g.k, g.m, g.lda, g.strideA ?? 0);
+      const cLayout = layout(g.cType, g.n, g.m, g.ldc, g.strideC ?? 0);
+
+      const prefOut: Handle[] = [null];
+      check('cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(prefOut));
+      const pref = prefOut[0];
+      const results = Buffer.alloc(HEURISTIC_RESULT_BYTES);
+      const returned = [0];
+      try {
+        check('cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)',
+          lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, new BigUint64Array([BigInt(this.ctx.workspaceBytes)]), 8));
+        // Our A/B/C are cuBLASLt's B/A/C and D.
+        const aligns: [number, number][] = [[CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignB], [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignA],
+          [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignC], [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignC]];
+        for (const [attr, bytes] of aligns) {
+          check('cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)', lt.cublasLtMatmulPreferenceSetAttribute(pref, attr, new Uint32Array([bytes]), 4));
+        }
+        check('cublasLtMatmulAlgoGetHeuristic',
+          lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, desc, aLayout, bLayout, cLayout, cLayout, pref, 1, results, returned));
+      } finally {
+        lt.cublasLtMatmulPreferenceDestroy(pref);
+      }
+      if (returned[0] === 0) {
+        throw new Error(`cublasLtMatmulAlgoGetHeuristic found no algorithm for ${describe(g)}`);
+      }
+      const workspace = Number(results.readBigUInt64LE(HEURISTIC_WORKSPACE_OFFSET));
+      if (workspace > this.ctx.workspaceBytes) throw new Error(`cuBLASLt algorithm for ${describe(g)} wants ${workspace} bytes of workspace`);
+      const algo = Buffer.from(results.subarray(0, HEURISTIC_ALGO_BYTES));
+      return { desc, aLayout, bLayout, cLayout, algo };
+    } catch (e) {
+      for (const l of layouts) lt.cublasLtMatrixLayoutDestroy(l);
+      lt.cublasLtMatmulDescDestroy(desc);
+      throw e;
+    }
+  }
+
+  /** Release every plan's descriptors. */
+  dispose(): void {
+    const lt = cublasLt();
+    for (const p of this.plans.values()) {
+      lt.cublasLtMatrixLayoutDestroy(p.aLayout);
+      lt.cublasLtMatrixLayoutDestroy(p.bLayout);
+      lt.cublasLtMatrixLayoutDestroy(p.cLayout);
+      lt.cublasLtMatmulDescDestroy(p.desc);
+    }
+    this.plans.clear();
+  }
+}
+
+function describe(g: RowMajorGemm): string {
+  return `${g.transA ? 'Aᵀ' : 'A'}·${g.transB ? 'Bᵀ' : 'B'} m=${g.m} n=${g.n} k=${g.k} ${g.abType}→${g.cType} lda=${g.lda} ldb=${g.ldb} ldc=${g.ldc} batch=${g.batch ?? 1}`;
+}
+
+export { ELEMENT_BYTES as GEMM_ELEMENT_BYTES };

@@ -1,0 +1,29 @@
+// The Linear layer y = x Wᵀ (no bias), with its backward split into the input gradient
+// dx = dy W and the deferred weight gradient dW += dyᵀ x. The FP8 recipe plugs in here.
+
+import type { Backend } from '../backend/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { WeightGradJob } from './grad-jobs.js';
+import type { Parameter } from './parameters.js';
+
+export class Linear {
+  constructor(readonly weight: Parameter) {}
+
+  /** x [M, in] → [M, out] */
+  forward(b: Backend, x: Tensor): Tensor {
+    return b.linear(x, this.weight.value);
+  }
+
+  /**
+   * dy [M, out] → dx [M, in] (added into `into` when given, for inputs that feed several layers);
+   * queues W.grad += dyᵀ x, x being this layer's input, on `jobs`.
+   */
+  backwardInput(b: Backend, x: Tensor, dy: Tensor, jobs: WeightGradJob[], into?: Tensor): Tensor {
+    const [out, inp] = this.weight.value.shape;
+    const rows = dy.shape.reduce((a, s) => a * s, 1) / out;
+    const dx = into ?? b.zeros([...dy.shape.slice(0, -1), inp]);
+    b.gemm({ m: rows, n: inp, k: out, beta: into ? 1 : 0, a: { tensor: dy, ld: out }, b: { tensor: this.weight.value, ld: inp }, c: { tensor: dx, ld: inp } });
+    jobs.push({ kind: 'linear', weight: this.weight, x, dy });
+    return dx;
+  }
+}
