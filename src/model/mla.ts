@@ -197,7 +197,7 @@ export class MultiHeadLatentAttention {
     b.addToCols(dKva, b.reshape(b.rope(dkpe, ctx.cos, ctx.sin, ctx.positions, 0, rope, true), [N, rope]), C);
     const dx = this.kvA.backwardInput(b, s.x, dKva, jobs);
 
-    const dqRaw = b.reshape(b.rope(grads.dq, ctx.cos, ctx.sin, ctx.positions, nope, rope, true), [N, H * (nope + rope)]);
+    const dqRaw = b.reshape(b.rope(b.reshape(grads.dq, [N, H, nope + rope]), ctx.cos, ctx.sin, ctx.positions, nope, rope, true), [N, H * (nope + rope)]);
     if (this.qA) {
       const dCq = this.qB!.backwardInput(b, cq, dqRaw, jobs);
       const dQa = this.qANorm!.backwardInput(b, s.qa!, dCq, jobs);

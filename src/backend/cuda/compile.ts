@@ -94,6 +94,11 @@ export function nvrtcOptions(opts: KernelCompileOptions, sourceDir: string): str
 
 const memoryCache = new Map<string, Buffer>();
 
+/** Forget the CUBINs compiled or read by this process (tests of the disk cache). */
+export function clearKernelMemoryCache(): void {
+  memoryCache.clear();
+}
+
 /** Compile a source string (with the kernel folder's headers) through the disk cache. */
 export function compileSource(name: string, source: string, opts: KernelCompileOptions): CompiledKernel {
   const sourceDir = opts.sourceDir ?? kernelDir();
