@@ -48,10 +48,10 @@ a Hugging Face tokenizer.json that @huggingface/tokenizers and transformers read
     const minFrequency = numberFlag(values, 'min-frequency', { fallback: 2, min: 1, integer: true })!;
     const paths = (values.data as string[] | undefined) ?? [];
 
+    const documents = corpusDocuments(paths); // checks every path before training starts
     const source = paths.length === 0 ? `the default corpus (${DEFAULT_CORPUS_PACKAGE})` : paths.length === 1 ? paths[0] : `${paths.length} files`;
     console.log(`training a ${vocabSize}-token byte-level BPE on ${source}`);
     const started = performance.now();
-    const documents = corpusDocuments(paths); // checks every path before training starts
     let documentCount = 0;
     let characters = 0;
     const sample: string[] = [];

@@ -32,12 +32,8 @@ export interface GenerateResult {
   cacheBytesPerToken: number;
 }
 
-function bytesPerValue(dtype: string): number {
-  return dtype === 'f64' ? 8 : dtype === 'bf16' ? 2 : 4;
-}
-
 /** The last row of a logits tensor [rows, vocab], on the host. */
-function lastRow(model: DeepseekV3, logits: Tensor): Float32Array | Float64Array {
+export function lastRow(model: DeepseekV3, logits: Tensor): Float32Array | Float64Array {
   const v = model.config.vocabSize;
   const all = model.backend.download(logits);
   return all.subarray(all.length - v);
@@ -93,6 +89,6 @@ export function generate(model: DeepseekV3, prompt: number[], opts: GenerateOpti
     prefillSeconds: (t1 - t0) / 1000,
     decodeSeconds,
     decodeTokensPerSecond: tokens.length > 1 ? (tokens.length - 1) / decodeSeconds : 0,
-    cacheBytesPerToken: config.numHiddenLayers * LatentCache.valuesPerTokenPerLayer(config) * bytesPerValue(b.floatDType),
+    cacheBytesPerToken: LatentCache.bytesPerToken(config, b.floatDType),
   };
 }

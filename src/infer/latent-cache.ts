@@ -10,8 +10,9 @@ export class LatentCache {
   /** Tokens written so far (the same for every sequence of the batch). */
   length = 0;
 
-  constructor(private readonly backend: Backend, config: ModelConfig, readonly batch: number, readonly capacity: number) {
-    for (let l = 0; l < config.numHiddenLayers; l++) {
+  /** `layers`: how many attention layers it serves (default the model's; an MTP module has one). */
+  constructor(private readonly backend: Backend, config: ModelConfig, readonly batch: number, readonly capacity: number, layers = config.numHiddenLayers) {
+    for (let l = 0; l < layers; l++) {
       this.layers.push({
         ckv: backend.zeros([batch, capacity, config.kvLoraRank]),
         kpe: backend.zeros([batch, capacity, config.qkRopeHeadDim]),
@@ -22,6 +23,12 @@ export class LatentCache {
   /** Cached numbers per token per layer. */
   static valuesPerTokenPerLayer(config: ModelConfig): number {
     return config.kvLoraRank + config.qkRopeHeadDim;
+  }
+
+  /** Cache bytes per token over all layers when stored in `dtype`. */
+  static bytesPerToken(config: ModelConfig, dtype: string): number {
+    const bytes = dtype === 'f64' ? 8 : dtype === 'bf16' ? 2 : 4;
+    return config.numHiddenLayers * LatentCache.valuesPerTokenPerLayer(config) * bytes;
   }
 
   free(): void {

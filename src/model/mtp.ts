@@ -9,7 +9,7 @@ import type { ModelConfig } from './config.js';
 import { DecoderLayer, type LayerSaved, type TrainForward } from './decoder-layer.js';
 import type { WeightGradJob } from './grad-jobs.js';
 import { Linear } from './linear.js';
-import type { ForwardContext } from './mla.js';
+import type { ForwardContext, LatentCacheLayer } from './mla.js';
 import type { ParameterSet } from './parameters.js';
 import { RMSNorm } from './rms-norm.js';
 
@@ -46,7 +46,10 @@ export class MtpModule {
    * hPrev [N, d] (h^{k−1}), emb [N, d] (Emb(t_{i+k})) → the normed hidden state [N, d] that the shared
    * head turns into logits, and h^k [N, d] for the next depth.
    */
-  forward(b: Backend, hPrev: Tensor, emb: Tensor, ctx: ForwardContext, train?: TrainForward, save?: (s: MtpSaved) => void): { normed: Tensor; hk: Tensor } {
+  forward(
+    b: Backend, hPrev: Tensor, emb: Tensor, ctx: ForwardContext,
+    opts: { train?: TrainForward; save?: (s: MtpSaved) => void; expertLoad?: Float64Array; cache?: LatentCacheLayer } = {},
+  ): { normed: Tensor; hk: Tensor } {
     const N = hPrev.shape[0];
     const d = hPrev.shape[1];
     const e = this.enorm.forward(b, emb);
@@ -56,8 +59,8 @@ export class MtpModule {
     b.free(h);
     const hIn = this.ehProj.forward(b, joined);
     const blockSaved: LayerSaved[] = [];
-    const hk = this.block.forward(b, hIn, ctx, { train, saved: blockSaved });
-    if (save) save({ hPrev, emb, joined, block: blockSaved, hk });
+    const hk = this.block.forward(b, hIn, ctx, { train: opts.train, saved: blockSaved, expertLoad: opts.expertLoad, cache: opts.cache });
+    if (opts.save) opts.save({ hPrev, emb, joined, block: blockSaved, hk });
     else b.free(joined);
     b.free(hIn);
     return { normed: this.headNorm.forward(b, hk), hk };

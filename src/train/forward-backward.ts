@@ -30,7 +30,7 @@ export interface MicroBatchResult {
   /** CE_k for each MTP depth. */
   mtpLosses: number[];
   balanceLoss: number;
-  /** Tokens routed to each expert, per MoE layer of the main model ([layer][expert]; dense layers empty). */
+  /** Tokens routed to each expert per layer ([layer][expert]): the main layers, then one per MTP module; dense layers empty. */
   expertLoad: Float64Array[];
 }
 
@@ -94,7 +94,7 @@ export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: nu
   const idsT = b.uploadInt(ids, [ids.length]);
   let h = b.embedding(model.embedTokens.value, idsT);
   const saved: LayerSaved[] = [];
-  const expertLoad = model.layers.map((l) => new Float64Array('experts' in l.ffn ? l.ffn.experts.length : 0));
+  const expertLoad = [...model.layers, ...model.mtp.map((m) => m.block)].map((l) => new Float64Array('experts' in l.ffn ? l.ffn.experts.length : 0));
   model.layers.forEach((layer, l) => {
     h = layer.forward(b, h, ctx, { train, saved, expertLoad: expertLoad[l] });
   });
@@ -116,7 +116,7 @@ export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: nu
     const k = i + 1;
     const embIds = b.uploadInt(shifted(tokens, batch, window, seq, k), [batch * seq]);
     const emb = b.embedding(model.embedTokens.value, embIds);
-    const { normed, hk } = module.forward(b, hPrev, emb, ctx, train, (s) => mtpSaved.push(s));
+    const { normed, hk } = module.forward(b, hPrev, emb, ctx, { train, save: (s) => mtpSaved.push(s), expertLoad: expertLoad[model.layers.length + i] });
     const ce = chunkedCrossEntropy(b, normed, model.lmHead, shifted(tokens, batch, window, seq, k + 1), (gradScale * opts.mtpWeight) / (D * batch * seq), chunk, true);
     mtpLosses.push(ce.lossSum / ce.count);
     mtpNormedGrads.push(ce.dh!);

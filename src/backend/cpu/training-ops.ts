@@ -131,13 +131,14 @@ export function crossEntropy(logits: FloatArray, targets: Int32Array, M: number,
     }
     if (target >= V) throw new Error(`crossEntropy: target ${target} outside the vocabulary of ${V}`);
     let max = -Infinity;
-    for (let j = 0; j < V; j++) max = Math.max(max, logits[base + j]);
+    for (let j = 0; j < V; j++) if (logits[base + j] > max) max = logits[base + j];
+    // one exp per element: dLogits holds exp(x − max) until the final scaling
     let sum = 0;
-    for (let j = 0; j < V; j++) sum += Math.exp(logits[base + j] - max);
-    const lse = max + Math.log(sum);
-    lossSum += lse - logits[base + target];
+    for (let j = 0; j < V; j++) sum += dLogits[base + j] = Math.exp(logits[base + j] - max);
+    lossSum += max + Math.log(sum) - logits[base + target];
     count++;
-    for (let j = 0; j < V; j++) dLogits[base + j] = scale * Math.exp(logits[base + j] - lse);
+    const k = scale / sum;
+    for (let j = 0; j < V; j++) dLogits[base + j] *= k;
     dLogits[base + target] -= scale;
   }
   return { lossSum, count };

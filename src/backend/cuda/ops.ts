@@ -74,10 +74,10 @@ export function embedding(ctx: CudaContext, t: FloatKind, table: number, ids: nu
 
 /**
  * Interleaved RoPE on x [N, H, W] columns [off, off+rot) of every head → y (see rope.cu);
- * cos/sin tables [P, rot/2] of type `tables`.
+ * cos/sin tables [P, rot/2] of type `tables`; `inverse` rotates by the negated angle.
  */
 export function rope(ctx: CudaContext, t: FloatKind, tables: FloatKind, x: number, cos: number, sin: number, positions: number, y: number,
-  N: number, H: number, W: number, off: number, rot: number, P: number): void {
+  N: number, H: number, W: number, off: number, rot: number, P: number, inverse = false): void {
   if (rot % 2 !== 0 || off < 0 || off + rot > W) throw new Error(`rope: rotating columns [${off}, ${off + rot}) of ${W} (rot must be even)`);
   if (N === 0) return;
   let name: 'rope_bf16' | 'rope_bf16_f32tab' | 'rope_f32';
@@ -87,7 +87,7 @@ export function rope(ctx: CudaContext, t: FloatKind, tables: FloatKind, x: numbe
   } else {
     name = tables === 'bf16' ? 'rope_bf16' : 'rope_bf16_f32tab';
   }
-  kernel(ctx, name).launch(ctx.stream, N, rowThreads(H * W, 1, 256), 0, [x, cos, sin, positions, y, N, H, W, off, rot, P]);
+  kernel(ctx, name).launch(ctx.stream, N, rowThreads(H * W, 1, 256), 0, [x, cos, sin, positions, y, N, H, W, off, rot, P, inverse ? -1 : 1]);
 }
 
 /**

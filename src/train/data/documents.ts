@@ -171,7 +171,7 @@ export function defaultCorpusFiles(): string[] {
 }
 
 /**
- * The default corpus (about 100,000 English sentences, 8.8 MB): consecutive sentences of each
+ * The default corpus (100,000 English sentences, 8.9 million characters): consecutive sentences of each
  * build file joined with single spaces into documents of at least `documentChars` characters
  * (the last document of a file may be shorter).
  */

@@ -131,5 +131,5 @@ test("with no paths the default corpus is tokenized", () => {
   const first = defaultCorpusDocuments().next().value as string;
   const head = encode(first);
   assert.deepEqual(Array.from(store.read(0, head.length + 1)), [...head, eos]);
-  console.log(`# default corpus: ${store.length} tokens in ${seconds.toFixed(1)} s with the 1024-token fixture tokenizer`);
+  console.log(`default corpus: ${store.length} tokens in ${seconds.toFixed(1)} s with the 1024-token fixture tokenizer`);
 });

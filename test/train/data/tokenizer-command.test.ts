@@ -54,7 +54,9 @@ test("dsv3 tokenizer train writes a tokenizer.json that loads back and round-tri
   }
 });
 
-test("dsv3 tokenizer: the verb, the flags and the data paths are checked before training", async () => {
+test("dsv3 tokenizer: the verb, the flags and the data paths are checked before training", async (t) => {
+  const printed: string[] = [];
+  t.mock.method(console, "log", (line: string) => void printed.push(line));
   const dir = mkdtempSync(join(tmpdir(), "dsv3-tokcmd-"));
   try {
     const out = join(dir, "tokenizer.json");
@@ -68,6 +70,7 @@ test("dsv3 tokenizer: the verb, the flags and the data paths are checked before 
     await assert.rejects(tokenizerCommand.run({ ...ok, data: [join(dir, "missing.txt")] }, ["train"]), /not found/);
     await assert.rejects(tokenizerCommand.run({ ...ok, data: [shard] }, ["train"]), /unknown data file extension.*tokens\.bin/);
     assert.ok(!existsSync(out));
+    assert.deepEqual(printed, [], "nothing announced before the checks pass");
     assert.deepEqual(tokenizerCommand.subcommands, ["train"]);
   } finally {
     rmSync(dir, { recursive: true, force: true });

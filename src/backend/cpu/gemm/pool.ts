@@ -1,7 +1,8 @@
-// A synchronous worker pool for the own GEMM. The caller posts the job description to every
-// worker, bumps a generation word in a SharedArrayBuffer and wakes them with Atomics.notify;
-// then it claims tiles itself like any worker and finally blocks in Atomics.wait until the
-// tiles that workers claimed are done. Workers sleep in Atomics.wait between jobs and read the
+// A synchronous worker pool for the own GEMM. The caller posts the job description to as many
+// workers as the job has tiles beyond its own first one, stores the job's generation in each
+// one's wake word (a SharedArrayBuffer) and wakes it with Atomics.notify; then it claims tiles
+// itself like any worker and finally blocks in Atomics.wait until the tiles that workers
+// claimed are done. Workers sleep in Atomics.wait between jobs and read the
 // job with receiveMessageOnPort, so SharedArrayBuffer-backed arrays in it are shared, not
 // copied, and no event loop turn is needed on either side.
 //
@@ -14,15 +15,14 @@ import { ownEngine, dtypeOf, type TilePlan } from './own.js';
 import type { AnyGemmArgs } from './types.js';
 
 // Layout of the control words (Int32Array over a SharedArrayBuffer).
-export const CTRL_GEN = 0; // current job generation; workers wait on it
+export const CTRL_WAKE_BASE = 16 + 512; // + worker index: the generation that worker is woken for (see below)
 export const CTRL_CLAIM = 1; // (gen << TASK_BITS) | next unclaimed tile
 export const CTRL_DONE = 2; // tiles finished in the current job
 export const CTRL_FAILED = 3; // 1 once a worker's tile threw
 export const CTRL_WORKER_TILES = 4; // statistics: tiles run by workers, all jobs
 export const CTRL_ERROR_LEN = 5; // length of the first error message
-export const CTRL_ERROR_TEXT = 8; // its UTF-16 code units
-const ERROR_CHARS = 512;
-export const CTRL_WORDS = CTRL_ERROR_TEXT + ERROR_CHARS;
+export const CTRL_ERROR_TEXT = 16; // its UTF-16 code units, up to 512
+const ERROR_CHARS = CTRL_WAKE_BASE - CTRL_ERROR_TEXT;
 
 const TASK_BITS = 12;
 const TASK_MASK = (1 << TASK_BITS) - 1;
@@ -68,7 +68,7 @@ function recordFailure(ctrl: Int32Array, e: unknown): void {
 }
 
 export class GemmPool {
-  readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
+  readonly ctrl: Int32Array;
   private readonly workers: Worker[] = [];
   private gen = 0;
   /** Tiles run by the calling thread, all jobs (workers count theirs in CTRL_WORKER_TILES). */
@@ -78,9 +78,10 @@ export class GemmPool {
   workerError: string | undefined;
 
   constructor(readonly workerCount: number) {
+    this.ctrl = new Int32Array(new SharedArrayBuffer((CTRL_WAKE_BASE + workerCount) * 4));
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < workerCount; i++) {
-      const worker = new Worker(url, { workerData: { ctrl: this.ctrl } });
+      const worker = new Worker(url, { workerData: { ctrl: this.ctrl, index: i } });
       // A worker that fails to start never claims a tile, so the caller does its share;
       // the listener keeps the failure from becoming an uncaught exception.
       worker.on('error', (e) => {
@@ -102,9 +103,12 @@ export class GemmPool {
     const job: PoolJob = { gen: this.gen, args, plan };
     Atomics.store(ctrl, CTRL_DONE, 0);
     Atomics.store(ctrl, CTRL_CLAIM, this.gen << TASK_BITS);
-    for (const w of this.workers) w.postMessage(job);
-    Atomics.store(ctrl, CTRL_GEN, this.gen);
-    Atomics.notify(ctrl, CTRL_GEN);
+    const helpers = Math.min(this.workers.length, plan.count - 1);
+    for (let i = 0; i < helpers; i++) {
+      this.workers[i].postMessage(job);
+      Atomics.store(ctrl, CTRL_WAKE_BASE + i, this.gen);
+      Atomics.notify(ctrl, CTRL_WAKE_BASE + i);
+    }
     this.jobs++;
     this.callerTiles += runClaimedTiles(ctrl, job, false);
     for (;;) {

@@ -1,0 +1,63 @@
+// AdamW over the model's parameters: FP32 master weights (the parameters themselves), FP32 or
+// BF16 moments, decoupled weight decay on matrices only, global-norm gradient clipping.
+// Router correction biases take no gradient: the balancing rule in ./expert-balance updates them.
+
+import type { Backend } from '../backend/backend.js';
+import type { Parameter } from '../model/parameters.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+export interface AdamWConfig {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Clip the global gradient norm to this (0: no clipping). */
+  gradClip: number;
+  momentsDtype: 'f32' | 'bf16';
+}
+
+export interface OptimizerState {
+  step: number;
+  m: Map<string, Tensor>;
+  v: Map<string, Tensor>;
+}
+
+export function isTrainable(p: Parameter): boolean {
+  return !p.name.endsWith('e_score_correction_bias');
+}
+
+export class AdamW {
+  readonly state: OptimizerState = { step: 0, m: new Map(), v: new Map() };
+  private readonly params: Parameter[];
+
+  constructor(private readonly b: Backend, params: Parameter[], readonly config: AdamWConfig) {
+    this.params = params.filter(isTrainable);
+    for (const p of this.params) {
+      this.state.m.set(p.name, b.zeros(p.value.shape));
+      this.state.v.set(p.name, b.zeros(p.value.shape));
+    }
+  }
+
+  /** The global L2 norm of all gradients. */
+  gradNorm(): number {
+    return Math.sqrt(this.params.reduce((s, p) => s + this.b.sumSquares(p.gradient), 0));
+  }
+
+  /** Clip, then update every parameter with learning rate `lr`; returns the norm before clipping. */
+  step(lr: number): number {
+    const norm = this.gradNorm();
+    if (!Number.isFinite(norm)) throw new Error(`gradient norm is ${norm} at step ${this.state.step + 1}: training diverged (lower --lr?)`);
+    const clip = this.config.gradClip > 0 && norm > this.config.gradClip ? this.config.gradClip / norm : 1;
+    this.state.step++;
+    for (const p of this.params) {
+      if (clip !== 1) this.b.scaleInPlace(p.gradient, clip);
+      // decoupled weight decay on matrices only: not on norms or other vectors
+      const weightDecay = p.value.shape.length >= 2 ? this.config.weightDecay : 0;
+      this.b.adamw(p.value, p.gradient, this.state.m.get(p.name)!, this.state.v.get(p.name)!, {
+        lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, weightDecay,
+        step: this.state.step, momentsBf16: this.config.momentsDtype === 'bf16',
+      });
+    }
+    return norm;
+  }
+}
