@@ -3,10 +3,13 @@
 // into one line on stderr and a non-zero exit (DSV3_DEBUG=1 shows the stack).
 
 import { UsageError, parseCommandArgs, type Command } from './args.js';
+import { evalCommand } from './eval.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
+import { tokenizerCommand } from './tokenizer.js';
+import { trainCommand } from './train.js';
 
-const commands: Command[] = [generateCommand, infoCommand];
+const commands: Command[] = [trainCommand, generateCommand, evalCommand, infoCommand, tokenizerCommand];
 
 function help(): string {
   const lines = commands.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);

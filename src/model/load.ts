@@ -17,6 +17,12 @@ export function readConfig(dir: string): ModelConfig {
   if (!fs.statSync(dir).isDirectory()) throw new Error(`${dir} is not a directory`);
   const file = path.join(dir, 'config.json');
   if (!fs.existsSync(file)) throw new Error(`${dir} has no config.json`);
+  return readConfigFile(file);
+}
+
+/** Parse one config.json file. */
+export function readConfigFile(file: string): ModelConfig {
+  if (!fs.existsSync(file)) throw new Error(`config file ${file} does not exist`);
   let json: unknown;
   try {
     json = JSON.parse(fs.readFileSync(file, 'utf8'));

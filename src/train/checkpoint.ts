@@ -104,13 +104,23 @@ export function resolveCheckpoint(dir: string): string {
   return target;
 }
 
-/** Read a checkpoint's trainer state: the metadata, and the moments loaded into `optimizer`. */
-export function loadTrainerState(dir: string, b: Backend, optimizer: OptimizerState): TrainerMeta {
+/** The trainer metadata of a checkpoint, without its tensors. */
+export function readTrainerMeta(dir: string): TrainerMeta {
   const file = SafetensorsFile.open(path.join(dir, TRAINER_STATE_FILE));
   try {
     const raw = file.metadata.trainer;
     if (!raw) throw new Error(`${file.path}: no trainer metadata`);
-    const meta = JSON.parse(raw) as TrainerMeta;
+    return JSON.parse(raw) as TrainerMeta;
+  } finally {
+    file.close();
+  }
+}
+
+/** Read a checkpoint's trainer state: the metadata, and the moments loaded into `optimizer`. */
+export function loadTrainerState(dir: string, b: Backend, optimizer: OptimizerState): TrainerMeta {
+  const meta = readTrainerMeta(dir);
+  const file = SafetensorsFile.open(path.join(dir, TRAINER_STATE_FILE));
+  try {
     for (const [kind, moments] of [['m', optimizer.m], ['v', optimizer.v]] as const) {
       for (const [param, t] of moments) {
         const name = `optimizer.${kind}.${param}`;

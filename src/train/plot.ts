@@ -90,16 +90,16 @@ function decimalsOf(step: number): number {
 /**
  * About `count` round tick values covering [lo, hi] (Heckbert's nice numbers); the returned
  * lo/hi are the outer ticks, so the axis ends on a labelled value. An empty range is widened.
- * (The step is the nice number nearest the raw step, so the count comes out between about
- * count/1.5 and count*1.5.)
+ * The step is the nice number nearest (hi - lo) / (count - 1), so the count comes out between
+ * about count/1.5 and count*1.5; `minStep` (a power of ten) keeps e.g. whole-number axes whole.
  */
-export function niceTicks(lo: number, hi: number, count = 6): Ticks {
+export function niceTicks(lo: number, hi: number, count = 6, minStep = 0): Ticks {
   if (!(hi > lo)) {
     const pad = Math.abs(lo) > 0 ? Math.abs(lo) * 0.05 : 1;
     lo -= pad;
     hi += pad;
   }
-  const step = niceNumber((hi - lo) / Math.max(1, count - 1));
+  const step = Math.max(minStep, niceNumber((hi - lo) / Math.max(1, count - 1)));
   const first = Math.floor(lo / step + 1e-9);
   const last = Math.ceil(hi / step - 1e-9);
   const decimals = decimalsOf(step);
@@ -340,7 +340,7 @@ export function renderTrainingPlot(records: (StepMetrics | EvalMetrics)[], title
   }
   if (!(xMin <= xMax)) [xMin, xMax] = [0, 1]; // nothing to draw
   if (xMin === xMax) [xMin, xMax] = [Math.max(0, xMin - 1), xMax + 1];
-  const xTicks = niceTicks(xMin, xMax, 8);
+  const xTicks = niceTicks(xMin, xMax, 8, 1); // steps are whole numbers
   const legend = Math.max(legendWidth(lossSeries), legendWidth(loadSeries));
   const plotWidth = Math.max(240, WIDTH - MARGIN.left - MARGIN.right - legend);
   const width = Math.ceil(MARGIN.left + plotWidth + legend + MARGIN.right);

@@ -252,6 +252,7 @@ test("nice ticks and labels", () => {
   assert.deepEqual(niceTicks(1, 300_000, 8).values, [0, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000]);
   const t = niceTicks(0.1, 0.7);
   assert.deepEqual(t.values, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]);
+  assert.deepEqual(niceTicks(0, 2, 8, 1).values, [0, 1, 2], "minimum step");
   const flat = niceTicks(5, 5);
   assert.ok(flat.lo < 5 && flat.hi > 5);
   assert.equal(formatTick(150_000, 50_000), "150k");

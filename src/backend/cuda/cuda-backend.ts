@@ -52,7 +52,7 @@ function sameShape(a: Tensor, b: Tensor): boolean {
 
 /**
  * The Backend ops this class covers: memory, GEMMs, the forward ops of every layer (norms,
- * SwiGLU, columns and heads, embedding, RoPE and its inverse, attention, latent attention,
+ * SwiGLU, column slices, head concatenation, embedding, RoPE and its inverse, attention, latent attention,
  * the KV cache, routing and expert permutation). The training-only ops of Backend (backward
  * passes, losses, the optimizer step) are not part of this class.
  */
@@ -270,20 +270,6 @@ export class CudaBackend implements CudaForwardOps {
     const out = this.empty([M, end - start], t.dtype);
     const e = DTYPE_BYTES[t.dtype];
     ops.copy2d(this.ctx, e, t.ptr + start * e, C, 0, out.ptr, end - start, 0, M, end - start);
-    return out;
-  }
-
-  concatCols(a: Tensor, b: Tensor): Tensor {
-    const x = dev(a, 'concatCols a'), y = dev(b, 'concatCols b');
-    if (x.shape.length !== 2 || y.shape.length !== 2 || x.shape[0] !== y.shape[0] || x.dtype !== y.dtype) {
-      throw new Error(`concatCols: ${x.dtype}${shapeString(x.shape)} and ${y.dtype}${shapeString(y.shape)}`);
-    }
-    const [M, C1] = x.shape as [number, number];
-    const C2 = y.shape[1]!;
-    const out = this.empty([M, C1 + C2], x.dtype);
-    const e = DTYPE_BYTES[x.dtype];
-    ops.copy2d(this.ctx, e, x.ptr, C1, 0, out.ptr, C1 + C2, 0, M, C1);
-    ops.copy2d(this.ctx, e, y.ptr, C2, 0, out.ptr + C1 * e, C1 + C2, 0, M, C2);
     return out;
   }
 

@@ -40,7 +40,7 @@ export const KERNELS = {
   router_topk_bf16_f32: ROUTER,
   router_topk_bf16_bf16: ROUTER,
   moe_count: { file: 'moe.cu', args: [P, I, P] },
-  moe_scatter: { file: 'moe.cu', args: [P, I, P, P, P] },
+  moe_scatter: { file: 'moe.cu', args: [P, I, P, P] },
   moe_gather_bf16: { file: 'moe.cu', args: [P, P, P, I, I, I] },
   moe_gather_f32: { file: 'moe.cu', args: [P, P, P, I, I, I] },
   moe_invert: { file: 'moe.cu', args: [P, I, P] },

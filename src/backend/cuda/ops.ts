@@ -132,32 +132,36 @@ export interface DevicePermutation {
   counts: number[];
 }
 
-/** Stable counting sort of the N·K slots of `indices` [N, K] by expert, and the gathered rows of x [N, d]. */
+/**
+ * Stable counting sort of the N·K slots of `indices` [N, K] by expert, and the gathered rows of
+ * x [N, d]. The counts come to the host (a synchronisation) before the gather, so an expert
+ * index outside [0, E) is reported instead of gathering from unwritten slots.
+ */
 export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: number, N: number, K: number, d: number, E: number): DevicePermutation {
   const nk = N * K;
   const counts = ctx.alloc(4 * Math.max(E, 1));
   const sourceSlot = ctx.alloc(4 * nk);
-  const rowOfSlot = ctx.alloc(4 * nk);
-  const rows = ctx.alloc(FLOAT_BYTES[t] * nk * d);
   const hostCounts = new Int32Array(E);
   try {
     if (E > 0) {
       kernel(ctx, 'moe_count').launch(ctx.stream, E, 256, 0, [indices, nk, counts]);
-      kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, sourceSlot, rowOfSlot]);
-    }
-    if (nk > 0 && d > 0) {
-      kernel(ctx, t === 'bf16' ? 'moe_gather_bf16' : 'moe_gather_f32').launch(ctx.stream, Math.min(nk, 2 ** 31 - 1), rowThreads(d, vec(t), 256), 0, [x, sourceSlot, rows, nk, K, d]);
+      kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, sourceSlot]);
     }
     ctx.copyToHost(hostCounts, counts, 4 * E);
+  } catch (e) {
+    ctx.free(sourceSlot);
+    throw e;
   } finally {
     ctx.free(counts);
-    ctx.free(rowOfSlot);
   }
   const total = hostCounts.reduce((a, c) => a + c, 0);
   if (total !== nk) {
-    ctx.free(rows);
     ctx.free(sourceSlot);
     throw new Error(`moePermute: ${nk - total} of ${nk} expert indices are outside [0, ${E})`);
+  }
+  const rows = ctx.alloc(FLOAT_BYTES[t] * nk * d);
+  if (nk > 0 && d > 0) {
+    kernel(ctx, t === 'bf16' ? 'moe_gather_bf16' : 'moe_gather_f32').launch(ctx.stream, Math.min(nk, 2 ** 31 - 1), rowThreads(d, vec(t), 256), 0, [x, sourceSlot, rows, nk, K, d]);
   }
   return { rows, sourceSlot, counts: [...hostCounts] };
 }

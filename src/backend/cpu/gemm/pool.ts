@@ -15,14 +15,14 @@ import { ownEngine, dtypeOf, type TilePlan } from './own.js';
 import type { AnyGemmArgs } from './types.js';
 
 // Layout of the control words (Int32Array over a SharedArrayBuffer).
-export const CTRL_WAKE_BASE = 16 + 512; // + worker index: the generation that worker is woken for (see below)
 export const CTRL_CLAIM = 1; // (gen << TASK_BITS) | next unclaimed tile
 export const CTRL_DONE = 2; // tiles finished in the current job
-export const CTRL_FAILED = 3; // 1 once a worker's tile threw
+export const CTRL_FAILED = 3; // 1 once a tile threw
 export const CTRL_WORKER_TILES = 4; // statistics: tiles run by workers, all jobs
 export const CTRL_ERROR_LEN = 5; // length of the first error message
-export const CTRL_ERROR_TEXT = 16; // its UTF-16 code units, up to 512
-const ERROR_CHARS = CTRL_WAKE_BASE - CTRL_ERROR_TEXT;
+export const CTRL_ERROR_TEXT = 16; // its UTF-16 code units
+const ERROR_CHARS = 512;
+export const CTRL_WAKE_BASE = CTRL_ERROR_TEXT + ERROR_CHARS; // + worker index: the job generation it is woken for
 
 const TASK_BITS = 12;
 const TASK_MASK = (1 << TASK_BITS) - 1;

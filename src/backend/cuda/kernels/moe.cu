@@ -2,8 +2,8 @@
 // Permute is a stable counting sort of the N·K slots by expert (slot order kept inside each
 // expert, like the CPU backend), in three launches:
 //   moe_count   counts[e]                        (one block per expert)
-//   moe_scatter sourceSlot[row] = slot, rowOfSlot[slot] = row  (one block per expert, walking
-//               the slots in order and ranking matches with a ballot + block scan)
+//   moe_scatter sourceSlot[row] = slot  (one block per expert, walking the slots in order and
+//               ranking matches with a ballot + block scan)
 //   moe_gather  rows[row] = x[sourceSlot[row] / K]
 // Unpermute inverts sourceSlot (moe_invert) and sums each token's K expert rows weighted
 // (moe_combine, FP32 accumulation).
@@ -18,8 +18,7 @@ extern "C" __global__ void moe_count(const int* __restrict__ indices, int nk, in
 }
 
 /** blockDim.x must be a multiple of 32. */
-extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, const int* __restrict__ counts, int* __restrict__ sourceSlot,
-                                       int* __restrict__ rowOfSlot) {
+extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, const int* __restrict__ counts, int* __restrict__ sourceSlot) {
   __shared__ int warpCounts[32];
   __shared__ int base;
   const int e = blockIdx.x;
@@ -43,7 +42,6 @@ extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, 
     if (match) {
       const int row = base + earlier + __popc(ballot & ((1u << lane) - 1u));
       sourceSlot[row] = s;
-      rowOfSlot[s] = row;
     }
     __syncthreads();
     if (threadIdx.x == 0) base += tile;
