@@ -208,6 +208,9 @@ async function trainAndReport(model: DeepseekV3, run: RunOptions, outDir: string
   const started = performance.now();
   const tokenizer = loadTokenizer(tokenizerDir);
   const opts = run.trainer;
+  if (opts.seqLen + model.mtp.length > model.config.maxPositionEmbeddings) {
+    throw new UsageError(`--seq-len ${opts.seqLen} exceeds the model's limit of ${model.config.maxPositionEmbeddings - model.mtp.length} tokens (max_position_embeddings ${model.config.maxPositionEmbeddings}, ${model.mtp.length} MTP position)`);
+  }
   const store = openTokenStore(run.data, tokenizer, { log: (line: string) => console.log(line) });
   const sampler = new BatchSampler(store, { windowLength: opts.seqLen + 1 + model.mtp.length, stride: opts.seqLen, seed: run.seed });
   const trainer = new Trainer(model, sampler, opts);
