@@ -27,6 +27,8 @@ bytes per token.
   --top-p P              sample among the most likely tokens whose probability reaches P (default 1)
   --seed S               seed of the sampler (default 0)
   --chat                 wrap the prompt in the tokenizer's chat template as a user turn
+  --speculative mtp      draft each next token with the MTP module and verify it with the main
+                         model (needs MTP weights); prints the acceptance rate and plain decoding's speed
   --no-cache             recompute the whole sequence for every token instead of using the latent cache
   --device cpu|cuda|auto where to run (default auto: cuda when a GPU is usable)`,
   options: {
@@ -40,6 +42,7 @@ bytes per token.
     seed: { type: 'string' },
     chat: { type: 'boolean' },
     'no-cache': { type: 'boolean' },
+    speculative: { type: 'string' },
     ...deviceOption,
   },
   async run(values) {
@@ -58,14 +61,22 @@ bytes per token.
       useCache: values['no-cache'] !== true,
     };
     if (opts.topP === 0) throw new UsageError('--top-p: 0 keeps no token; use a value in (0, 1]');
+    const speculative = stringFlag(values, 'speculative');
+    if (speculative !== undefined && speculative !== 'mtp') throw new UsageError(`--speculative: "${speculative}" is not a drafter (the one drafter is "mtp")`);
+    if (speculative && !opts.useCache) throw new UsageError('--speculative needs the latent cache: drop --no-cache');
     const model = await loadModel(dir, { device: deviceFlag(values) });
     const tokenizer = model.tokenizer;
     if (!tokenizer && text !== undefined) throw new UsageError(`${dir} has no tokenizer.json, so a text prompt cannot be encoded: use --prompt-ids`);
     const stream = tokenizer?.createStreamDecoder({ skipSpecialTokens: true });
     process.stdout.write(text ?? (tokenizer ? tokenizer.decode(ids!) : ids!.join(' ')));
     const onToken = (t: number) => process.stdout.write(stream ? stream.push(t) : ` ${t}`);
-    const result = model.generate(text ?? ids!, { ...opts, onToken });
+    const result = model.generate(text ?? ids!, { ...opts, onToken, speculative: speculative === 'mtp' });
     process.stdout.write((stream?.flush() ?? '') + '\n');
+    if ('drafted' in result) {
+      const plain = model.generate(text ?? ids!, opts);
+      const rate = (100 * result.accepted) / Math.max(1, result.drafted);
+      console.log(`[speculative (MTP): ${rate.toFixed(1)}% of ${result.drafted} drafts accepted, ${result.decodeTokensPerSecond.toFixed(1)} tokens/s; plain decoding ${plain.decodeTokensPerSecond.toFixed(1)} tokens/s]`);
+    }
     const cacheNote = opts.useCache ? `${result.cacheBytesPerToken} cache bytes/token` : 'no cache';
     console.log(
       `[${result.tokens.length} tokens (${result.stoppedBy}); prefill ${result.promptTokens.length} tokens in ${result.prefillSeconds.toFixed(3)} s; ` +

@@ -10,6 +10,7 @@ import type { ModelConfig } from '../model/config.js';
 import { loadPretrained } from '../model/load.js';
 import type { DeepseekV3 } from '../model/model.js';
 import { generate, type GenerateOptions, type GenerateResult } from './generate.js';
+import { generateSpeculative, type SpeculativeResult } from './speculative.js';
 
 export interface Logits {
   /** Row-major [batch, seq, vocab]. */
@@ -54,10 +55,13 @@ export class LanguageModel {
     return tok.encode(text, { addSpecialTokens: false });
   }
 
-  /** Generate from a prompt (text or ids); the result carries the decoded text when a tokenizer is present. */
-  generate(prompt: string | number[], opts: GenerateOptions & { chat?: boolean } = {}): GenerateResult & { promptTokens: number[]; text?: string } {
+  /**
+   * Generate from a prompt (text or ids); the result carries the decoded text when a tokenizer is
+   * present. `speculative: true` drafts with the MTP module and verifies with the main model.
+   */
+  generate(prompt: string | number[], opts: GenerateOptions & { chat?: boolean; speculative?: boolean } = {}): (GenerateResult | SpeculativeResult) & { promptTokens: number[]; text?: string } {
     const promptTokens = this.encodePrompt(prompt, opts.chat);
-    const result = generate(this.model, promptTokens, opts);
+    const result = opts.speculative ? generateSpeculative(this.model, promptTokens, opts) : generate(this.model, promptTokens, opts);
     const text = this.tokenizer ? this.tokenizer.decode(result.tokens, { skipSpecialTokens: true }) : undefined;
     return { ...result, promptTokens, text };
   }

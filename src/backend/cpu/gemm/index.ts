@@ -17,8 +17,12 @@ export { gemmReference } from './reference.js';
 
 export type GemmKind = 'openblas' | 'own';
 
-/** Below this many multiply-adds (m·n·k) the own kernel stays on the calling thread. */
-export const PARALLEL_MIN_WORK = 64 * 64 * 64;
+/**
+ * Multiply-adds (m·n·k) each thread of the own kernel must get before one more is used: waking
+ * a worker and handing it the job costs ~15 µs, a 128³ share takes ~70 µs on one core. So
+ * 128³ runs on the calling thread, 192³ on two, 256³ on up to eight.
+ */
+export const WORK_PER_THREAD = 128 * 128 * 128;
 
 /** A typed array over a SharedArrayBuffer: the pool's workers read and write it in place. */
 export function allocShared(ctor: Float32ArrayConstructor, length: number): Float32Array;
@@ -103,7 +107,7 @@ export function gemm(args: GemmArgs<Float32Array> | GemmArgs<Float64Array>): voi
 function ownGemm(args: AnyGemmArgs): void {
   const { m, n, k } = args;
   const dtype = dtypeOf(args.a);
-  const threads = m * n * k >= PARALLEL_MIN_WORK ? ownThreads() : 1;
+  const threads = Math.max(1, Math.min(ownThreads(), Math.floor((m * n * k) / WORK_PER_THREAD)));
   const plan = planTiles(m, n, dtype, threads);
   if (threads === 1 || plan.count === 1) {
     const engine = ownEngine(dtype);
