@@ -85,6 +85,15 @@ export interface Backend {
   /** Same storage, new shape with the same element count; shares storage, not owned. */
   reshape(t: Tensor, shape: readonly number[]): Tensor;
   free(t: Tensor): void;
+  /** Overwrite a float tensor's contents with host values (same element count), in place. */
+  copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void;
+  /**
+   * A mark in the allocation history. `releaseAllocations(mark)` frees every tensor allocated after
+   * it that is still live: a training step runs between the two, so its temporaries never outlive it
+   * (parameters, gradients and optimizer state are allocated before the first mark).
+   */
+  markAllocations(): number;
+  releaseAllocations(mark: number): void;
 
   // ---- linear algebra -----------------------------------------------------------------
   /** General (strided, batched) matrix multiply into spec.c, accumulating in FP32 or better. */

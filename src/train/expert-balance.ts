@@ -30,7 +30,5 @@ export function updateCorrectionBias(b: Backend, bias: Parameter, load: Float64A
   const mean = load.reduce((a, c) => a + c, 0) / load.length;
   const values = b.download(bias.value);
   for (let i = 0; i < values.length; i++) values[i] += gamma * Math.sign(mean - load[i]);
-  const updated = b.upload(values, bias.value.shape);
-  b.free(bias.value);
-  bias.value = updated;
+  b.copyFromHost(bias.value, values);
 }

@@ -45,6 +45,8 @@ export class Trainer {
     }
     model.params.allocateGradients(model.backend);
     this.optimizer = new AdamW(model.backend, model.params.all(), opts.adamw);
+    // RoPE tables for the training length now, so that no step allocates anything that outlives it
+    model.backend.free(model.context(1, opts.seqLen + model.mtp.length, 0).positions);
   }
 
   /** The MoE layers whose correction bias the balancing rule updates, by their index in the step's loads. */
@@ -55,6 +57,16 @@ export class Trainer {
   }
 
   trainStep(): StepMetrics {
+    const b = this.model.backend;
+    const mark = b.markAllocations();
+    try {
+      return this.trainStepScoped();
+    } finally {
+      b.releaseAllocations(mark);
+    }
+  }
+
+  private trainStepScoped(): StepMetrics {
     const { model, opts } = this;
     const b = model.backend;
     const started = performance.now();
@@ -90,6 +102,17 @@ export class Trainer {
 
   /** Main-model loss and perplexity on up to `evalBatches` held-out batches. */
   evaluate(): EvalMetrics {
+    const { model, opts } = this;
+    const b = model.backend;
+    const mark = b.markAllocations();
+    try {
+      return this.evaluateScoped();
+    } finally {
+      b.releaseAllocations(mark);
+    }
+  }
+
+  private evaluateScoped(): EvalMetrics {
     const { model, opts } = this;
     const b = model.backend;
     const window = this.sampler.windowLength;

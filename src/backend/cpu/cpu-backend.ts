@@ -70,6 +70,20 @@ export class CpuBackend implements Backend {
     // The garbage collector owns host memory.
   }
 
+  copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void {
+    const d = floats(dst);
+    if (d.length !== data.length) throw new Error(`copyFromHost: ${data.length} values into ${shapeString(dst.shape)}`);
+    d.set(data);
+  }
+
+  markAllocations(): number {
+    return 0;
+  }
+
+  releaseAllocations(_mark: number): void {
+    // host tensors are collected once unreachable
+  }
+
   // ---- linear algebra -----------------------------------------------------------------
 
   gemm(spec: GemmSpec): void {

@@ -1,7 +1,9 @@
-// CPU tensor storage: typed arrays backed by SharedArrayBuffer, so the GEMM worker threads
-// read and write them in place. Views (`rows`, `reshape`) are subarrays of the same buffer.
+// CPU tensor storage: plain typed arrays. Views (`rows`, `reshape`) are subarrays of the same
+// buffer. Not SharedArrayBuffers, although the GEMM workers could then use them in place:
+// Node 20's V8 does not count SharedArrayBuffer memory towards collection pressure, so a
+// training loop's temporaries piled up by gigabytes before a collection; the GEMM copies what
+// its workers need into reused shared scratch instead.
 
-import { allocShared } from './gemm/index.js';
 import { numel, type ComputeDType, type Tensor } from '../../tensor/tensor.js';
 
 export type FloatArray = Float32Array | Float64Array;
@@ -17,7 +19,7 @@ export class CpuTensor implements Tensor {
 }
 
 export function allocFloat(dtype: 'f32' | 'f64', length: number): FloatArray {
-  return allocShared(dtype === 'f64' ? Float64Array : Float32Array, length);
+  return dtype === 'f64' ? new Float64Array(length) : new Float32Array(length);
 }
 
 /** The float storage of a CPU tensor, with a check that the tensor really is one. */
