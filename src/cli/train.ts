@@ -231,18 +231,26 @@ async function trainAndReport(model: DeepseekV3, run: RunOptions, outDir: string
   let last: ReturnType<Trainer['trainStep']> | null = null;
   let lastEval: ReturnType<Trainer['evaluate']> | null = null;
   let saved = checkpointDir;
-  while (trainer.step < opts.steps) {
+  // Ctrl-C finishes the step in progress, saves a checkpoint and stops: nothing is lost
+  let interrupted = false;
+  const onInterrupt = () => (interrupted = true);
+  process.once('SIGINT', onInterrupt);
+  while (trainer.step < opts.steps && !interrupted) {
     last = trainer.trainStep();
     log(last);
     bar.update(trainer.step, { loss: last.main_loss.toFixed(3), mtp: last.mtp_loss.map((l) => l.toFixed(3)).join('/') || '-', tps: last.tokens_per_s.toFixed(0) });
+    // let timers and signals run: the progress bar's redraw when stdout is not a terminal, Ctrl-C
+    await new Promise((resolve) => setImmediate(resolve));
     const final = trainer.step === opts.steps;
     if (trainer.step % run.evalEvery === 0 || final) log((lastEval = trainer.evaluate()));
-    if (trainer.step % run.saveEvery === 0 || final) {
+    if (trainer.step % run.saveEvery === 0 || final || interrupted) {
       saved = trainer.save(outDir, files, run);
       writeTrainingPlot(metricsFile, plotFile, title);
     }
   }
+  process.off('SIGINT', onInterrupt);
   bar.stop();
+  if (interrupted) console.log(`interrupted at step ${trainer.step}: saved ${saved}; continue with dsv3 train --resume ${outDir}`);
   const minutes = (performance.now() - started) / 60000;
   if (last) console.log(`step ${trainer.step}: loss ${last.main_loss.toFixed(3)}, MTP ${last.mtp_loss.map((l) => l.toFixed(3)).join('/')}, held-out ${lastEval?.eval_loss.toFixed(3)} (perplexity ${lastEval?.eval_ppl.toFixed(1)}); ${minutes.toFixed(1)} min`);
   if (samples > 0) printSamples(model, tokenizer, samples);
