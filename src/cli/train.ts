@@ -55,7 +55,7 @@ Model and data
   --tokenizer DIR        directory with tokenizer.json (default: train a byte-level BPE on the data)
   --vocab-size N         size of that trained tokenizer (default 4096)
 Run
-  --steps N              optimizer steps (default 800)
+  --steps N              optimizer steps (default 600)
   --batch-size B         sequences per micro-batch (default 8)
   --seq-len T            tokens per sequence (default 128)
   --grad-accum N         micro-batches per step (default 1)
@@ -126,7 +126,7 @@ Output
 };
 
 function runOptionsFromFlags(values: Record<string, unknown>, preset: string): RunOptions {
-  const steps = numberFlag(values, 'steps', { fallback: 800, min: 1, integer: true })!;
+  const steps = numberFlag(values, 'steps', { fallback: 600, min: 1, integer: true })!;
   const lr = numberFlag(values, 'lr', { fallback: 3e-3, min: 0 })!;
   const schedule = stringFlag(values, 'schedule') ?? 'cosine';
   if (schedule !== 'cosine' && schedule !== 'wsd') throw new UsageError(`--schedule: "${schedule}" is not one of cosine, wsd`);
