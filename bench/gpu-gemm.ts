@@ -1,0 +1,240 @@
+// GEMM throughput on the GPU, ours against PyTorch in one run on one machine (DESIGN §10):
+//   BF16: y[M, N] = x[M, K] · W[N, K]ᵀ through our cuBLASLt plan (matmul.ts) against torch.matmul(x, W.t())
+//   FP8:  the same product from E4M3 operands with 1×128 activation and 128×128 weight scales, our
+//         cuBLASLt block-scaled GEMM (fp8-matmul.ts) against torch._scaled_mm with blockwise scales
+// at DeepSeek-V3's projection shapes with M = 4096 tokens. Each figure is the median over ≥ 20
+// iterations timed with CUDA events after warm-up; quantization is outside the timed region for both.
+// Prints a table, appends a line to bench/RESULTS.md, writes $OUT/gpu-gemm.json when OUT is set and
+// prints the figures as JSON on the last line of stdout.
+//
+//   node dist/bench/gpu-gemm.js [--iters 30] [--warmup 10] [--shapes 4096x24576x1536,...] [--no-torch]
+//   (shapes are M×N×K)
+
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { CudaContext, type CudaEvent } from '../src/backend/cuda/context.js';
+import { CublasLtMatmul } from '../src/backend/cuda/matmul.js';
+import {
+  Fp8BlockScaledGemm, fp8GemmUnsupported, quantizeActivations1x128, quantizeWeights128x128, activationScaleLayout, weightScaleLayout,
+} from '../src/backend/cuda/fp8-matmul.js';
+import { encodeFromFloat } from '../src/tensor/dtypes.js';
+
+// DeepSeek-V3's q_b (24576×1536), kv_b (32768×512), o_proj (7168×16384), a fused gate/up pair of
+// the shared expert (4096×7168) and an expert's down projection (7168×2048), at M = 4096; then
+// o_proj's transpose orientation (N = 16384, K = 7168) as a wide-output case.
+const DEFAULT_SHAPES = '4096x24576x1536,4096x32768x512,4096x7168x16384,4096x4096x7168,4096x7168x2048,4096x16384x7168';
+
+const { values: flags } = parseArgs({
+  options: {
+    iters: { type: 'string', default: '30' },
+    warmup: { type: 'string', default: '10' },
+    shapes: { type: 'string', default: DEFAULT_SHAPES },
+    'no-torch': { type: 'boolean', default: false },
+  },
+});
+const ITERS = Number(flags.iters), WARMUP = Number(flags.warmup);
+if (!Number.isInteger(ITERS) || ITERS < 20) throw new Error(`--iters ${flags.iters}: at least 20 timed iterations`);
+if (!Number.isInteger(WARMUP) || WARMUP < 1) throw new Error(`--warmup ${flags.warmup}: a positive integer`);
+const shapes = flags.shapes!.split(',').map((s) => {
+  const dims = s.toLowerCase().split('x').map(Number);
+  if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d > 0)) throw new Error(`--shapes: "${s}" is not M×N×K (e.g. 4096x7168x2048)`);
+  return { M: dims[0]!, N: dims[1]!, K: dims[2]! };
+});
+
+const repoFile = (rel: string) => fileURLToPath(new URL(`../../${rel}`, import.meta.url));
+
+function gitCommit(): string {
+  if (process.env.DSV3_COMMIT) return process.env.DSV3_COMMIT;
+  const out = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoFile('.'), encoding: 'utf8' });
+  return out.status === 0 ? out.stdout.trim() : 'no commit';
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = s.length >> 1;
+  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
+}
+
+// ---- measuring ---------------------------------------------------------------------------------
+
+const ctx = CudaContext.create(0);
+const device = ctx.describe();
+const starts: CudaEvent[] = Array.from({ length: ITERS }, () => ctx.createEvent());
+const ends: CudaEvent[] = Array.from({ length: ITERS }, () => ctx.createEvent());
+
+/** Median milliseconds of `run` over ITERS iterations, each between its own pair of events, after WARMUP runs. */
+function timeOnDevice(run: () => void): number {
+  for (let i = 0; i < WARMUP; i++) run();
+  ctx.synchronize();
+  for (let i = 0; i < ITERS; i++) {
+    starts[i]!.record();
+    run();
+    ends[i]!.record();
+  }
+  ends[ITERS - 1]!.synchronize();
+  return median(starts.map((s, i) => ends[i]!.elapsedSince(s)));
+}
+
+// Random BF16 data: a pool of normals uploaded once and tiled over each buffer by device copies
+// (values repeat every POOL elements, which no GEMM timing can tell).
+const POOL = 1 << 20;
+const pool = (() => {
+  const x = new Float32Array(POOL);
+  for (let i = 0; i < POOL; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(1 - Math.random())), t = 2 * Math.PI * Math.random();
+    x[i] = r * Math.cos(t);
+    x[i + 1] = r * Math.sin(t);
+  }
+  return ctx.upload(encodeFromFloat('BF16', x));
+})();
+
+function randomBf16(n: number): number {
+  const ptr = ctx.alloc(2 * n);
+  for (let at = 0; at < n; at += POOL) ctx.copyDeviceToDevice(ptr + 2 * at, pool, 2 * Math.min(POOL, n - at));
+  return ptr;
+}
+
+interface Row {
+  M: number;
+  N: number;
+  K: number;
+  /** TFLOP/s; null where the measurement failed (see errors). */
+  oursBf16: number | null;
+  oursFp8: number | null;
+  torchBf16: number | null;
+  torchFp8: number | null;
+  errors: string[];
+}
+
+const matmul = new CublasLtMatmul(ctx);
+const fp8Reason = fp8GemmUnsupported(ctx);
+const fp8 = fp8Reason ? null : new Fp8BlockScaledGemm(ctx);
+const tflops = (M: number, N: number, K: number, ms: number) => (2 * M * N * K) / (ms * 1e-3) / 1e12;
+
+const rows: Row[] = [];
+for (const { M, N, K } of shapes) {
+  const row: Row = { M, N, K, oursBf16: null, oursFp8: null, torchBf16: null, torchFp8: null, errors: [] };
+  rows.push(row);
+  const x = randomBf16(M * K), w = randomBf16(N * K), y = ctx.alloc(2 * M * N);
+  try {
+    const ms = timeOnDevice(() => matmul.run({ m: M, n: N, k: K, abType: 'bf16', cType: 'bf16', transA: false, transB: true, lda: K, ldb: K, ldc: N }, x, w, y));
+    row.oursBf16 = tflops(M, N, K, ms);
+  } catch (e) {
+    row.errors.push(`ours bf16: ${(e as Error).message}`);
+  }
+  if (fp8) {
+    const aLayout = activationScaleLayout(M, K), bLayout = weightScaleLayout(N, K);
+    const a = ctx.alloc(M * K), b = ctx.alloc(N * K), aScale = ctx.alloc(4 * aLayout.elements), bScale = ctx.alloc(4 * bLayout.elements);
+    try {
+      quantizeActivations1x128(ctx, { rows: M, cols: K, input: x, inputType: 'bf16', codes: a, scales: aScale });
+      quantizeWeights128x128(ctx, { rows: N, cols: K, input: w, inputType: 'bf16', codes: b, scales: bScale });
+      const ms = timeOnDevice(() => fp8.run({ M, N, K, a, aScale, b, bScale, d: y, dType: 'bf16' }));
+      row.oursFp8 = tflops(M, N, K, ms);
+    } catch (e) {
+      row.errors.push(`ours fp8: ${(e as Error).message}`);
+    }
+    for (const p of [a, b, aScale, bScale]) ctx.free(p);
+  } else {
+    row.errors.push(`ours fp8: ${fp8Reason}`);
+  }
+  for (const p of [x, w, y]) ctx.free(p);
+  ctx.synchronize();
+}
+fp8?.dispose();
+matmul.dispose();
+for (const e of [...starts, ...ends]) e.destroy();
+ctx.free(pool);
+ctx.dispose();
+
+// ---- PyTorch, in its own process after ours released the GPU ----------------------------------
+
+interface TorchRow {
+  M: number;
+  N: number;
+  K: number;
+  bf16_ms: number | null;
+  fp8_ms: number | null;
+  fp8_max_rel_err: number | null;
+  error: string | null;
+}
+interface TorchResult {
+  torch: string;
+  cuda: string;
+  device: string;
+  fp8_api: string;
+  rows: TorchRow[];
+}
+
+let torchNote = '';
+let torch: TorchResult | null = null;
+if (flags['no-torch']) {
+  torchNote = 'not run (--no-torch)';
+} else {
+  const out = spawnSync('python3', [repoFile('bench/gemm_torch.py'), '--shapes', shapes.map((s) => `${s.M}x${s.N}x${s.K}`).join(','), '--iters', String(ITERS), '--warmup', String(WARMUP)], {
+    encoding: 'utf8', timeout: 300_000, maxBuffer: 64 << 20,
+  });
+  process.stderr.write(out.stderr ?? '');
+  const last = (out.stdout ?? '').trim().split('\n').pop() ?? '';
+  if (out.error) torchNote = `python3 did not run: ${out.error.message}`;
+  else if (out.status !== 0) torchNote = `python3 exited ${out.status}: ${(out.stderr ?? '').trim().split('\n').pop()}`;
+  else {
+    try {
+      torch = JSON.parse(last) as TorchResult;
+      torchNote = `torch ${torch.torch}, CUDA ${torch.cuda}, FP8 through ${torch.fp8_api}`;
+    } catch {
+      torchNote = `unreadable output from gemm_torch.py: ${last.slice(0, 200)}`;
+    }
+  }
+}
+for (const row of rows) {
+  const t = torch?.rows.find((r) => r.M === row.M && r.N === row.N && r.K === row.K);
+  if (!t) continue;
+  if (t.bf16_ms) row.torchBf16 = tflops(row.M, row.N, row.K, t.bf16_ms);
+  if (t.fp8_ms) row.torchFp8 = tflops(row.M, row.N, row.K, t.fp8_ms);
+  if (t.error) row.errors.push(`torch: ${t.error}`);
+}
+
+// ---- report ------------------------------------------------------------------------------------
+
+const commit = gitCommit();
+const gpu = device.name;
+const fmt = (x: number | null) => (x === null ? 'n/a' : x.toFixed(0));
+const ratio = (a: number | null, b: number | null) => (a === null || b === null ? 'n/a' : `${(a / b).toFixed(2)}×`);
+
+console.log(`GEMM TFLOP/s, median of ${ITERS} iterations (CUDA events) after ${WARMUP} warm-up — ${gpu}, cuBLASLt ${device.cublasLtVersion}, commit ${commit}`);
+console.log(`  torch: ${torchNote}`);
+const header = ['M×N×K', 'BF16 ours', 'BF16 torch', 'ours/torch', 'FP8 ours', 'FP8 torch', 'ours/torch'];
+const table = rows.map((r) => [`${r.M}×${r.N}×${r.K}`, fmt(r.oursBf16), fmt(r.torchBf16), ratio(r.oursBf16, r.torchBf16), fmt(r.oursFp8), fmt(r.torchFp8), ratio(r.oursFp8, r.torchFp8)]);
+const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
+const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padStart(widths[i]!)).join(' | ') + ' |';
+console.log(line(header));
+console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
+for (const t of table) console.log(line(t));
+const geo = (xs: (number | null)[]) => {
+  const v = xs.filter((x): x is number => x !== null && x > 0);
+  return v.length ? Math.exp(v.reduce((s, x) => s + Math.log(x), 0) / v.length) : null;
+};
+const bf16Ratio = geo(rows.map((r) => (r.oursBf16 !== null && r.torchBf16 !== null ? r.oursBf16 / r.torchBf16 : null)));
+const fp8Ratio = geo(rows.map((r) => (r.oursFp8 !== null && r.torchFp8 !== null ? r.oursFp8 / r.torchFp8 : null)));
+console.log(`geometric mean ours/torch: BF16 ${bf16Ratio?.toFixed(2) ?? 'n/a'}× (goal ≥ 0.95×), FP8 ${fp8Ratio?.toFixed(2) ?? 'n/a'}× (goal ≥ 1.0×)`);
+const errors = rows.flatMap((r) => r.errors.map((e) => `${r.M}×${r.N}×${r.K}: ${e}`));
+for (const e of errors) console.log(`  error: ${e}`);
+
+const resultsPath = repoFile('bench/RESULTS.md');
+if (!existsSync(resultsPath)) writeFileSync(resultsPath, '# Benchmark results\n\n');
+const figures = rows
+  .map((r) => `${r.M}×${r.N}×${r.K} bf16 ${fmt(r.oursBf16)}/${fmt(r.torchBf16)} (${ratio(r.oursBf16, r.torchBf16)}), fp8 ${fmt(r.oursFp8)}/${fmt(r.torchFp8)} (${ratio(r.oursFp8, r.torchFp8)})`)
+  .join('; ');
+const stamp = new Date().toISOString().slice(0, 16).replace('T', ' ');
+appendFileSync(resultsPath, `- ${stamp} UTC · ${gpu} · ${commit} · gpu-gemm TFLOP/s ours/torch (median of ${ITERS}): ${figures}; geomean bf16 ${bf16Ratio?.toFixed(2) ?? 'n/a'}×, fp8 ${fp8Ratio?.toFixed(2) ?? 'n/a'}×\n`);
+
+const json = { bench: 'gpu-gemm', date: new Date().toISOString(), gpu, commit, cublasLt: device.cublasLtVersion, torch: torchNote, iters: ITERS, rows, bf16Ratio, fp8Ratio };
+if (process.env.OUT) {
+  mkdirSync(process.env.OUT, { recursive: true });
+  writeFileSync(join(process.env.OUT, 'gpu-gemm.json'), JSON.stringify(json, null, 2) + '\n');
+}
+console.log(JSON.stringify(json));
+if (errors.length > 0 || (!flags['no-torch'] && torch === null)) process.exitCode = 1;

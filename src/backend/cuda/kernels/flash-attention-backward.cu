@@ -1,0 +1,369 @@
+// Flash-style causal attention backward (FlashAttention-2), BF16 operands, FP32 accumulation:
+//
+//   q [B, Tq, H, Dk], k [B, Tk, H, Dk], v [B, Tk, H, Dv], out, dOut [B, Tq, H, Dv] (BF16),
+//   lse [B, H, Tq] (FP32, from flash_attn_fwd) → dq [B, Tq, H, Dk], dk [B, Tk, H, Dk], dv [B, Tk, H, Dv].
+//   Query i sits at absolute position qStart + i and sees keys j ≤ qStart + i, j < Tk.
+//
+// Three kernels:
+//   flash_attn_bwd_dot        D_i = Σ_d dOut_id · out_id (FP32 [B, H, Tq]), one warp per row.
+//   flash_attn_bwd            one block per 64 keys of one (b, h): K, V stay in shared memory while the
+//                             block walks the query tiles that see them (64 queries each), recomputing
+//                             P = exp(scale·S − lse) and accumulating dV += Pᵀ dO, dK += dSᵀ Q in
+//                             registers, with dS = P ∘ (dO Vᵀ − D). dQ += dS K of the tile is added
+//                             into an FP32 [B, Tq, H, Dk] buffer with vector atomics (red.global.add.v2.f32):
+//                             every key block contributes to the same dQ rows, so dQ's summation order
+//                             (and its last bits) varies from run to run; dK and dV are deterministic.
+//   flash_attn_bwd_dq_convert the FP32 dQ buffer → BF16 dq (when BF16 gradients are asked for).
+//
+// flash_attn_bwd: 8 warps (256 threads). Warp w = (wr = w & 3, wc = w >> 2):
+//   - Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for keys 16wr..16wr+15 × queries 32wc..32wc+31 (mma.sync m16n8k16);
+//   - P and dS (BF16) go to shared memory as [key][query], so every warp can read whole rows;
+//   - dV, dK for keys 16wr..+15 × the column half wc of Dv, Dk (FP32 accumulators in registers);
+//   - dQ for queries 16wr..+15 × the column half wc of Dk (A = dS read transposed by ldmatrix.trans).
+// Query tiles are double-buffered: tile m0 + 64 (Q, dO by cp.async, lse and D) loads while m0 computes.
+// Masking: P = 0 where j > qStart + i, i ≥ Tq or j ≥ Tk (rows past Tq and keys past Tk are also
+// zero-filled in shared memory), so those entries add nothing anywhere.
+//
+// Head dims are compile-time: FAB_DK, FAB_DV are the actual Dk, Dv rounded up to multiples of 32
+// (≤ 256); padding columns are zero-filled and never stored. Dk, Dv multiples of 8, tensors 16-byte aligned.
+#include "common.cuh"
+
+#ifndef FAB_DK
+#define FAB_DK 192
+#endif
+#ifndef FAB_DV
+#define FAB_DV 128
+#endif
+
+static_assert(FAB_DK % 32 == 0 && FAB_DK >= 32 && FAB_DK <= 256, "FAB_DK: a multiple of 32 in [32, 256]");
+static_assert(FAB_DV % 32 == 0 && FAB_DV >= 32 && FAB_DV <= 256, "FAB_DV: a multiple of 32 in [32, 256]");
+
+typedef unsigned u32;
+
+#define LOG2E_F 1.4426950408889634f
+
+// ---- PTX helpers (shared-memory addresses are 32-bit .shared addresses) ----------------------
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+  u32 a;
+  asm("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}\n" : "=r"(a) : "l"(p));
+  return a;
+}
+
+/** 16 bytes global → shared, asynchronously; `valid` false zero-fills the 16 bytes without reading. */
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+
+/** d += a·b for one m16n8k16 tile: a 16×16 BF16 (row), b 16×8 BF16 (col), d 16×8 FP32. */
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/** Two floats as a BF16 pair: `lo` in the low half (the lower column / k index). */
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<u32*>(&v);
+}
+
+/** *p += (x, y) as one relaxed vector reduction (p 8-byte aligned, global memory). */
+__device__ __forceinline__ void red_add_f32x2(float* p, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(x), "f"(y) : "memory");
+}
+
+/**
+ * Stage ROWS rows of D (padded) columns into shared memory (row stride SROW elements) from global
+ * rows of stride `ld` elements: 16-byte chunks, those of rows ≥ rowsValid or columns ≥ dValid
+ * zero-filled. THREADS threads stride over the chunks.
+ */
+template <int D, int SROW, int ROWS, int THREADS>
+__device__ __forceinline__ void load_rows(u32 sAddr, const bf16* src, i64 ld, int rowsValid, int dValid, int tid) {
+  constexpr int CH = D / 8;
+#pragma unroll 4
+  for (int idx = tid; idx < ROWS * CH; idx += THREADS) {
+    const int r = idx / CH, c = idx - r * CH;
+    const bool ok = r < rowsValid && c * 8 < dValid;
+    const bf16* g = ok ? src + r * ld + c * 8 : src;
+    cp_async16(sAddr + (u32)((r * SROW + c * 8) * 2), g, ok);
+  }
+}
+
+// ---- D = rowsum(dOut ∘ out) ----------------------------------------------------------------------
+
+/** rows = B·Tq·H rows of Dv (even) elements; Dsum [B, H, Tq]. 256 threads, one warp per row. */
+extern "C" __global__ void flash_attn_bwd_dot(const bf16* out, const bf16* dOut, float* Dsum, int rows, int Tq, int H, int Dv) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + warp;  // (b·Tq + i)·H + h
+  if (row >= rows) return;  // the whole warp leaves together
+  const bf16* o = out + row * Dv;
+  const bf16* d = dOut + row * Dv;
+  float acc = 0.0f;
+  for (int c = 2 * lane; c < Dv; c += 64) {
+    const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o + c));
+    const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d + c));
+    acc = fmaf(x.x, y.x, fmaf(x.y, y.y, acc));
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    const int h = (int)(row % H);
+    const i64 bi = row / H;
+    const int i = (int)(bi % Tq);
+    const i64 b = bi / Tq;
+    Dsum[(b * H + h) * Tq + i] = acc;
+  }
+}
+
+/** dst[i] = bf16(src[i]) for i < n (n even). */
+extern "C" __global__ void flash_attn_bwd_dq_convert(const float* src, bf16* dst, i64 n) {
+  const i64 pairs = n >> 1;
+  for (i64 p = (i64)blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += (i64)gridDim.x * blockDim.x) {
+    const float2 x = reinterpret_cast<const float2*>(src)[p];
+    reinterpret_cast<__nv_bfloat162*>(dst)[p] = __floats2bfloat162_rn(x.x, x.y);
+  }
+}
+
+// ---- the main backward kernel ----------------------------------------------------------------------
+
+namespace fab {
+constexpr int DK = FAB_DK, DV = FAB_DV;
+constexpr int BM = 64, BN = 64, WARPS = 8, THREADS = 32 * WARPS;
+constexpr int SK = DK + 8, SV = DV + 8, SP = BM + 8;  // shared row strides (elements)
+constexpr int DKH = DK / 2, DVH = DV / 2;             // the column half of dK, dV, dQ a warp owns
+// Shared layout (bytes): two buffers of a query tile (Q, dO, lse, D: the next tile loads while this
+// one computes), K, V (the block's keys), Pᵀ, dSᵀ.
+constexpr int Q_BYTES = BM * SK * 2, DO_BYTES = BM * SV * 2, ROW_BYTES = BM * 4;
+constexpr int OFF_Q = 0;                           // + buffer · Q_BYTES
+constexpr int OFF_DO = OFF_Q + 2 * Q_BYTES;        // + buffer · DO_BYTES
+constexpr int OFF_K = OFF_DO + 2 * DO_BYTES;
+constexpr int OFF_V = OFF_K + BN * SK * 2;
+constexpr int OFF_P = OFF_V + BN * SV * 2;
+constexpr int OFF_DS = OFF_P + BN * SP * 2;
+constexpr int OFF_LSE = OFF_DS + BN * SP * 2;      // + buffer · ROW_BYTES
+constexpr int OFF_D = OFF_LSE + 2 * ROW_BYTES;     // + buffer · ROW_BYTES
+constexpr int SHARED_BYTES = OFF_D + 2 * ROW_BYTES;
+static_assert(SHARED_BYTES <= 227 * 1024, "shared memory beyond Hopper's per-block limit");
+}  // namespace fab
+
+/**
+ * grid (ceil(Tk/64), H, B), 256 threads, fab::SHARED_BYTES of dynamic shared memory.
+ * dqAcc: FP32 [B, Tq, H, Dk], zeroed by the caller, receives dQ (already multiplied by scale).
+ * dk, dv: FP32 when gradF32 != 0, else BF16.
+ */
+extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf16* v, const bf16* dOut, const float* lse, const float* Dsum,
+                                          float* dqAcc, void* dk, void* dv, int gradF32, int Tq, int Tk, int H, int Dk, int Dv, float scale,
+                                          int qStart) {
+  using namespace fab;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const u32 sBase = smem_u32(smem);
+  const u32 sK = sBase + OFF_K, sV = sBase + OFF_V, sP = sBase + OFF_P, sdS = sBase + OFF_DS;
+  bf16* pP = reinterpret_cast<bf16*>(smem + OFF_P);
+  bf16* pdS = reinterpret_cast<bf16*>(smem + OFF_DS);
+
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
+  const int wr = w & 3, wc = w >> 2;
+  const int n0 = blockIdx.x * BN;  // block 0 (the most query tiles) is dispatched first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const i64 qLd = (i64)H * Dk, vLd = (i64)H * Dv;  // token strides of q, k (and dq, dk) and of v, dOut (and dv)
+  const bf16* qB = q + (i64)b * Tq * qLd + (i64)h * Dk;
+  const bf16* dOB = dOut + (i64)b * Tq * vLd + (i64)h * Dv;
+  const float* lseB = lse + ((i64)b * H + h) * Tq;
+  const float* DB = Dsum + ((i64)b * H + h) * Tq;
+  const float sl2 = scale * LOG2E_F;
+
+  load_rows<DK, SK, BN, THREADS>(sK, k + ((i64)b * Tk + n0) * qLd + (i64)h * Dk, qLd, Tk - n0, Dk, tid);
+  load_rows<DV, SV, BN, THREADS>(sV, v + ((i64)b * Tk + n0) * vLd + (i64)h * Dv, vLd, Tk - n0, Dv, tid);
+
+  float dkAcc[DKH / 8][4], dvAcc[DVH / 8][4];
+#pragma unroll
+  for (int i = 0; i < DKH / 8; i++) dkAcc[i][0] = dkAcc[i][1] = dkAcc[i][2] = dkAcc[i][3] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < DVH / 8; i++) dvAcc[i][0] = dvAcc[i][1] = dvAcc[i][2] = dvAcc[i][3] = 0.0f;
+
+  // ldmatrix per-lane byte offsets (see flash-attention.cu for the fragment mapping).
+  // A, row-major rows 16wr.. of K / V / Pᵀ / dSᵀ:
+  const u32 aKOff = (u32)(((wr * 16 + (lane & 15)) * SK + (lane >> 4) * 8) * 2);
+  const u32 aVOff = (u32)(((wr * 16 + (lane & 15)) * SV + (lane >> 4) * 8) * 2);
+  const u32 aPOff = (u32)(((wr * 16 + (lane & 15)) * SP + (lane >> 4) * 8) * 2);
+  // B with n = query (Qᵀ, dOᵀ): rows 32wc.. of Q / dO, pairs of n-tiles.
+  const u32 bQOff = (u32)(((wc * 32 + (lane >> 4) * 8 + (lane & 7)) * SK + ((lane >> 3) & 1) * 8) * 2);
+  const u32 bOOff = (u32)(((wc * 32 + (lane >> 4) * 8 + (lane & 7)) * SV + ((lane >> 3) & 1) * 8) * 2);
+  // B with k = query or key rows and n = columns of the half wc (dO, Q, K), transposed.
+  const u32 bOtOff = (u32)(((((lane >> 3) & 1) * 8 + (lane & 7)) * SV + wc * DVH + (lane >> 4) * 8) * 2);
+  const u32 bQtOff = (u32)(((((lane >> 3) & 1) * 8 + (lane & 7)) * SK + wc * DKH + (lane >> 4) * 8) * 2);
+  // A = dS (query rows 16wr.., k = key) read transposed from dSᵀ [key][query].
+  const u32 aStOff = (u32)((((lane >> 4) * 8 + (lane & 7)) * SP + wr * 16 + ((lane >> 3) & 1) * 8) * 2);
+
+  // Stage query tile m0 into buffer `buf`: Q and dO by cp.async, lse (log2 units) and D by plain stores.
+  auto loadTile = [&](int m0, int buf) {
+    load_rows<DK, SK, BM, THREADS>(sBase + OFF_Q + buf * Q_BYTES, qB + m0 * qLd, qLd, Tq - m0, Dk, tid);
+    load_rows<DV, SV, BM, THREADS>(sBase + OFF_DO + buf * DO_BYTES, dOB + m0 * vLd, vLd, Tq - m0, Dv, tid);
+    float* lseS = reinterpret_cast<float*>(smem + OFF_LSE + buf * ROW_BYTES);
+    float* dSum = reinterpret_cast<float*>(smem + OFF_D + buf * ROW_BYTES);
+    for (int i = tid; i < BM; i += THREADS) {
+      const int qi = m0 + i;
+      lseS[i] = qi < Tq ? lseB[qi] * LOG2E_F : 0.0f;
+      dSum[i] = qi < Tq ? DB[qi] : 0.0f;
+    }
+  };
+
+  const int iFirst = max(0, n0 - qStart);  // the first query that sees key n0
+  const int mFirst = (iFirst / BM) * BM;
+  if (mFirst < Tq) loadTile(mFirst, 0);
+  cp_async_commit();  // K, V and the first query tile
+  for (int m0 = mFirst, it = 0; m0 < Tq; m0 += BM, it++) {
+    const int cur = it & 1;
+    if (m0 + BM < Tq) loadTile(m0 + BM, cur ^ 1);  // its buffer was last read before the previous iteration's final barrier
+    cp_async_commit();
+    cp_async_wait<1>();  // all but the newest group: this tile (and K, V) are in
+    __syncthreads();
+    const u32 sQ = sBase + OFF_Q + cur * Q_BYTES, sdO = sBase + OFF_DO + cur * DO_BYTES;
+    const float* pLse = reinterpret_cast<const float*>(smem + OFF_LSE + cur * ROW_BYTES);
+    const float* pD = reinterpret_cast<const float*>(smem + OFF_D + cur * ROW_BYTES);
+
+    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: keys 16wr.. × queries 32wc.. (4 n-tiles).
+    float st[4][4], dpt[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) st[i][0] = st[i][1] = st[i][2] = st[i][3] = dpt[i][0] = dpt[i][1] = dpt[i][2] = dpt[i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; kk++) {
+      u32 a[4];
+      ldsm_x4(a, sK + aKOff + kk * 32);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        u32 bq[4];
+        ldsm_x4(bq, sQ + bQOff + (u32)((np * 16 * SK + kk * 16) * 2));
+        mma_bf16(st[2 * np], a, bq[0], bq[1]);
+        mma_bf16(st[2 * np + 1], a, bq[2], bq[3]);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; kk++) {
+      u32 a[4];
+      ldsm_x4(a, sV + aVOff + kk * 32);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        u32 bo[4];
+        ldsm_x4(bo, sdO + bOOff + (u32)((np * 16 * SV + kk * 16) * 2));
+        mma_bf16(dpt[2 * np], a, bo[0], bo[1]);
+        mma_bf16(dpt[2 * np + 1], a, bo[2], bo[3]);
+      }
+    }
+
+    // P = exp(scale·s − lse) (masked), dS = P (dP − D); both to shared memory as [key][query] BF16.
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        const int kl = wr * 16 + g + hh * 8;  // key row in the block
+        const int j = n0 + kl;
+        float pv[2], dv2[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int il = wc * 32 + nt * 8 + tig * 2 + e;  // query column in the tile
+          const int qi = m0 + il;
+          const bool ok = qi < Tq && j < Tk && j <= qStart + qi;
+          const float p = ok ? exp2f(st[nt][2 * hh + e] * sl2 - pLse[il]) : 0.0f;
+          pv[e] = p;
+          dv2[e] = p * (dpt[nt][2 * hh + e] - pD[il]);
+        }
+        const int il0 = wc * 32 + nt * 8 + tig * 2;
+        *reinterpret_cast<u32*>(pP + kl * SP + il0) = pack_bf16(pv[0], pv[1]);
+        *reinterpret_cast<u32*>(pdS + kl * SP + il0) = pack_bf16(dv2[0], dv2[1]);
+      }
+    }
+    __syncthreads();
+
+    // dV += Pᵀ dO and dK += dSᵀ Q for keys 16wr.., columns of half wc.
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) {
+      u32 ap[4], ads[4];
+      ldsm_x4(ap, sP + aPOff + kk * 32);
+      ldsm_x4(ads, sdS + aPOff + kk * 32);
+#pragma unroll
+      for (int dp = 0; dp < DVH / 16; dp++) {
+        u32 bo[4];
+        ldsm_x4_t(bo, sdO + bOtOff + (u32)((kk * 16 * SV + dp * 16) * 2));
+        mma_bf16(dvAcc[2 * dp], ap, bo[0], bo[1]);
+        mma_bf16(dvAcc[2 * dp + 1], ap, bo[2], bo[3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DKH / 16; dp++) {
+        u32 bq[4];
+        ldsm_x4_t(bq, sQ + bQtOff + (u32)((kk * 16 * SK + dp * 16) * 2));
+        mma_bf16(dkAcc[2 * dp], ads, bq[0], bq[1]);
+        mma_bf16(dkAcc[2 * dp + 1], ads, bq[2], bq[3]);
+      }
+    }
+
+    // dQ += scale · dS K for queries 16wr.., columns of half wc; atomically into dqAcc.
+    {
+      float dq[DKH / 8][4];
+#pragma unroll
+      for (int i = 0; i < DKH / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) {
+        u32 a[4];
+        ldsm_x4_t(a, sdS + aStOff + (u32)(kk * 16 * SP * 2));
+#pragma unroll
+        for (int dp = 0; dp < DKH / 16; dp++) {
+          u32 bk[4];
+          ldsm_x4_t(bk, sK + bQtOff + (u32)((kk * 16 * SK + dp * 16) * 2));
+          mma_bf16(dq[2 * dp], a, bk[0], bk[1]);
+          mma_bf16(dq[2 * dp + 1], a, bk[2], bk[3]);
+        }
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        const int qi = m0 + wr * 16 + g + hh * 8;
+        if (qi >= Tq) continue;
+        float* row = dqAcc + (((i64)b * Tq + qi) * H + h) * Dk;
+#pragma unroll
+        for (int nt = 0; nt < DKH / 8; nt++) {
+          const int col = wc * DKH + nt * 8 + tig * 2;
+          if (col < Dk) red_add_f32x2(row + col, dq[nt][2 * hh] * scale, dq[nt][2 * hh + 1] * scale);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration overwrites Pᵀ, dSᵀ and (prefetching) this tile's buffer
+  }
+  cp_async_wait<0>();  // K and V when no query tile saw these keys
+
+  // Store dK (times scale) and dV for keys 16wr.. (rows g, g+8), columns of half wc.
+#pragma unroll
+  for (int hh = 0; hh < 2; hh++) {
+    const int j = n0 + wr * 16 + g + hh * 8;
+    if (j >= Tk) continue;
+    const i64 kRow = (((i64)b * Tk + j) * H + h) * Dk;
+    const i64 vRow = (((i64)b * Tk + j) * H + h) * Dv;
+#pragma unroll
+    for (int nt = 0; nt < DKH / 8; nt++) {
+      const int col = wc * DKH + nt * 8 + tig * 2;
+      if (col >= Dk) continue;
+      const float x = dkAcc[nt][2 * hh] * scale, y = dkAcc[nt][2 * hh + 1] * scale;
+      if (gradF32) *reinterpret_cast<float2*>(static_cast<float*>(dk) + kRow + col) = make_float2(x, y);
+      else *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(dk) + kRow + col) = __floats2bfloat162_rn(x, y);
+    }
+#pragma unroll
+    for (int nt = 0; nt < DVH / 8; nt++) {
+      const int col = wc * DVH + nt * 8 + tig * 2;
+      if (col >= Dv) continue;
+      const float x = dvAcc[nt][2 * hh], y = dvAcc[nt][2 * hh + 1];
+      if (gradF32) *reinterpret_cast<float2*>(static_cast<float*>(dv) + vRow + col) = make_float2(x, y);
+      else *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(dv) + vRow + col) = __floats2bfloat162_rn(x, y);
+    }
+  }
+}

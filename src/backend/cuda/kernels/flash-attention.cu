@@ -1,0 +1,292 @@
+// Flash-style causal attention forward on tensor cores (Backend.attention for training shapes):
+//
+//   q [B, Tq, H, Dk], k [B, Skv, H, Dk], v [B, Skv, H, Dv] (the first Tk of Skv positions used)
+//   out [B, Tq, H, Dv] (BF16), lse [B, H, Tq] (FP32, natural log of Σ_j exp(scale·q_i·k_j)),
+//   query i sits at absolute position qStart + i and sees keys j ≤ qStart + i, j < Tk.
+//
+// The [Tq, Tk] scores never reach memory: a block owns 64 query rows of one (b, h) and walks the
+// visible keys 64 at a time with an online softmax (running max m and sum l per row, the output
+// accumulator rescaled by exp(m_old − m_new) whenever the max grows). FP32 accumulation; P is
+// rounded to BF16 for the P·V product, as in FlashAttention-2.
+//
+// Layout of the work:
+//   - 4 warps (128 threads); warp w owns query rows 16w..16w+15 of the block's 64.
+//   - S = Q Kᵀ and O += P V with mma.sync.m16n8k16 (BF16 in, FP32 out), operands fetched from
+//     shared memory with ldmatrix (V with .trans). P goes from the S accumulators straight into
+//     A fragments (the C layout of two n8 tiles is the A layout of one k16 step).
+//   - Q is staged once; K/V tiles are double-buffered with cp.async (tile t+1 loads while tile t
+//     computes). Shared rows are padded by 8 elements so ldmatrix is bank-conflict free.
+//   - Q fragments stay in registers when they fit beside the output accumulator (Dk = 192, Dv = 128:
+//     48 + 64 registers), else they are re-read from shared memory each tile.
+//   - Causal mask and tails: every score gets `j ≤ qStart + i && j < Tk` (else −inf); rows past Tq
+//     and keys past the block's last visible key are zero-filled by cp.async and never stored.
+//     A fully masked row keeps m = −inf and contributes nothing (the exp uses 0 in place of −inf).
+//   - Blocks take query blocks last-first, so the longest (most keys) start first.
+//
+// Head dims are compile-time (padded): FA_DK, FA_DV are the actual Dk, Dv rounded up to multiples
+// of 16 (≤ 256); the padding columns are zero-filled on load and never stored. The host compiles one
+// module per padded pair (flash-attention.ts passes -DFA_DK=… -DFA_DV=…). Dk, Dv must be multiples
+// of 8 and the tensors 16-byte aligned (16-byte cp.async chunks).
+#include "common.cuh"
+
+#ifndef FA_DK
+#define FA_DK 192
+#endif
+#ifndef FA_DV
+#define FA_DV 128
+#endif
+
+static_assert(FA_DK % 16 == 0 && FA_DK >= 16 && FA_DK <= 256, "FA_DK: a multiple of 16 in [16, 256]");
+static_assert(FA_DV % 16 == 0 && FA_DV >= 16 && FA_DV <= 256, "FA_DV: a multiple of 16 in [16, 256]");
+
+typedef unsigned u32;
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+// ---- PTX helpers (shared-memory addresses are 32-bit .shared addresses) ----------------------
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+  u32 a;
+  asm("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}\n" : "=r"(a) : "l"(p));
+  return a;
+}
+
+/** 16 bytes global → shared, asynchronously; `valid` false zero-fills the 16 bytes without reading. */
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+
+/** d += a·b for one m16n8k16 tile: a 16×16 BF16 (row), b 16×8 BF16 (col), d 16×8 FP32. */
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/** Two floats as a BF16 pair: `lo` in the low half (the lower column / k index). */
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<u32*>(&v);
+}
+
+/**
+ * Stage ROWS rows of D (padded) columns into shared memory (row stride SROW elements) from global
+ * rows of stride `ld` elements: 16-byte chunks, those of rows ≥ rowsValid or columns ≥ dValid
+ * zero-filled. THREADS threads stride over the chunks.
+ */
+template <int D, int SROW, int ROWS, int THREADS>
+__device__ __forceinline__ void load_rows(u32 sAddr, const bf16* src, i64 ld, int rowsValid, int dValid, int tid) {
+  constexpr int CH = D / 8;
+#pragma unroll 4
+  for (int idx = tid; idx < ROWS * CH; idx += THREADS) {
+    const int r = idx / CH, c = idx - r * CH;
+    const bool ok = r < rowsValid && c * 8 < dValid;
+    const bf16* g = ok ? src + r * ld + c * 8 : src;
+    cp_async16(sAddr + (u32)((r * SROW + c * 8) * 2), g, ok);
+  }
+}
+
+// ---- the forward kernel -------------------------------------------------------------------------
+
+namespace fa {
+constexpr int DK = FA_DK, DV = FA_DV;
+constexpr int BM = 64, BN = 64, WARPS = 4, THREADS = 32 * WARPS;
+constexpr int SK = DK + 8, SV = DV + 8;  // shared row strides (elements)
+constexpr int KSTEPS = DK / 16;
+/** Q's A fragments in registers when they fit beside the output accumulator. */
+constexpr bool Q_IN_REGS = KSTEPS * 4 + (DV / 8) * 4 <= 112;
+/** Dynamic shared memory: Q, two K tiles, two V tiles. */
+constexpr int SHARED_BYTES = (BM * SK + 2 * BN * SK + 2 * BN * SV) * 2;
+static_assert(SHARED_BYTES <= 227 * 1024, "shared memory beyond Hopper's per-block limit");
+}  // namespace fa
+
+template <bool QREG>
+__device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                               bf16* __restrict__ out, float* __restrict__ lse, int Tq, int Tk, int Skv, int H, int Dk,
+                                               int Dv, float scale, int qStart) {
+  using namespace fa;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const u32 sQ = smem_u32(smem);
+  const u32 sK0 = sQ + BM * SK * 2;
+  const u32 sV0 = sK0 + 2 * BN * SK * 2;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
+  const int m0 = (int)(gridDim.x - 1 - blockIdx.x) * BM;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const i64 qLd = (i64)H * Dk, kLd = (i64)H * Dk, vLd = (i64)H * Dv, oLd = (i64)H * Dv;
+  const bf16* qB = q + ((i64)b * Tq + m0) * qLd + (i64)h * Dk;
+  const bf16* kB = k + (i64)b * Skv * kLd + (i64)h * Dk;
+  const bf16* vB = v + (i64)b * Skv * vLd + (i64)h * Dv;
+  // Keys any row of this block may see: [0, kvEnd).
+  const int kvEnd = min(Tk, qStart + m0 + BM);
+  const int nTiles = kvEnd > 0 ? (kvEnd + BN - 1) / BN : 0;
+
+  load_rows<DK, SK, BM, THREADS>(sQ, qB, qLd, Tq - m0, Dk, tid);
+  if (nTiles > 0) {
+    load_rows<DK, SK, BN, THREADS>(sK0, kB, kLd, kvEnd, Dk, tid);
+    load_rows<DV, SV, BN, THREADS>(sV0, vB, vLd, kvEnd, Dv, tid);
+  }
+  cp_async_commit();
+
+  float o[DV / 8][4];
+#pragma unroll
+  for (int i = 0; i < DV / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mr[2] = {NEG_INF, NEG_INF};  // running max of scale·log2(e)·s, rows g and g+8 of the warp
+  float lr[2] = {0.0f, 0.0f};        // this thread's share of the running sum (its 2 columns per n-tile)
+  u32 qf[QREG ? KSTEPS : 1][4];
+  const float sl2 = scale * LOG2E_F;
+  const int qi0 = m0 + warp * 16 + g;  // this thread's query rows: qi0 and qi0 + 8
+  const int last0 = qStart + qi0;      // the last key row qi0 sees (row qi0 + 8: last0 + 8)
+
+  // Per-lane byte offsets of the ldmatrix row addresses.
+  // A (Q rows of this warp): matrices (rows 0-7 | 8-15) × (cols 0-7 | 8-15) → a0..a3.
+  const u32 aOff = (u32)(((warp * 16 + (lane & 15)) * SK + (lane >> 4) * 8) * 2);
+  // B from K (n = key, k = dim): matrices (keys 0-7, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, …)
+  // → b0, b1 of key n-tile 2np and b0, b1 of n-tile 2np+1.
+  const u32 kOff = (u32)((((lane >> 4) * 8 + (lane & 7)) * SK + ((lane >> 3) & 1) * 8) * 2);
+  // B from V (k = key, n = dim), transposed: (keys 0-7, dims 0-7), (keys 8-15, dims 0-7), (keys 0-7,
+  // dims 8-15), (keys 8-15, dims 8-15) → b0, b1 of dim n-tile 2dp and of n-tile 2dp+1.
+  const u32 vOff = (u32)(((((lane >> 3) & 1) * 8 + (lane & 7)) * SV + (lane >> 4) * 8) * 2);
+
+  for (int t = 0; t < nTiles; t++) {
+    const int n0 = t * BN;
+    if (t + 1 < nTiles) {
+      const int n1 = n0 + BN;
+      const u32 buf = (u32)((t + 1) & 1);
+      load_rows<DK, SK, BN, THREADS>(sK0 + buf * (BN * SK * 2), kB + n1 * kLd, kLd, kvEnd - n1, Dk, tid);
+      load_rows<DV, SV, BN, THREADS>(sV0 + buf * (BN * SV * 2), vB + n1 * vLd, vLd, kvEnd - n1, Dv, tid);
+    }
+    cp_async_commit();  // possibly empty: keeps one group per iteration
+    cp_async_wait<1>();  // everything but the newest group: Q and tile t are in
+    __syncthreads();
+    const u32 cK = sK0 + (u32)(t & 1) * (BN * SK * 2);
+    const u32 cV = sV0 + (u32)(t & 1) * (BN * SV * 2);
+    if constexpr (QREG) {
+      if (t == 0) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) ldsm_x4(qf[kk], sQ + aOff + kk * 32);
+      }
+    }
+
+    // S = Q Kᵀ for this warp's 16 rows × 64 keys.
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+      u32 a[4];
+      if constexpr (QREG) {
+        a[0] = qf[kk][0];
+        a[1] = qf[kk][1];
+        a[2] = qf[kk][2];
+        a[3] = qf[kk][3];
+      } else {
+        ldsm_x4(a, sQ + aOff + kk * 32);
+      }
+#pragma unroll
+      for (int np = 0; np < BN / 16; np++) {
+        u32 bk[4];
+        ldsm_x4(bk, cK + kOff + (u32)((np * 16 * SK + kk * 16) * 2));
+        mma_bf16(s[2 * np], a, bk[0], bk[1]);
+        mma_bf16(s[2 * np + 1], a, bk[2], bk[3]);
+      }
+    }
+
+    // Mask (causal and the key tail), scale into the log2 domain.
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int j = n0 + nt * 8 + tig * 2 + (e & 1);
+        const bool ok = j <= last0 + (e >> 1) * 8 && j < Tk;
+        s[nt][e] = ok ? s[nt][e] * sl2 : NEG_INF;
+      }
+    }
+
+    // Online softmax: rows g (r = 0) and g + 8 (r = 1); a row's 64 columns live in the 4 threads of a quad.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float mx = mr[r];
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+      const float mUse = mx == NEG_INF ? 0.0f : mx;
+      const float alpha = exp2f(mr[r] - mUse);
+      mr[r] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; nt++) {
+        const float p0 = exp2f(s[nt][2 * r] - mUse), p1 = exp2f(s[nt][2 * r + 1] - mUse);
+        s[nt][2 * r] = p0;
+        s[nt][2 * r + 1] = p1;
+        sum += p0 + p1;
+      }
+      lr[r] = lr[r] * alpha + sum;
+#pragma unroll
+      for (int dt = 0; dt < DV / 8; dt++) {
+        o[dt][2 * r] *= alpha;
+        o[dt][2 * r + 1] *= alpha;
+      }
+    }
+
+    // O += P V: the accumulators of key n-tiles 2kk, 2kk+1 are the A fragment of key step kk.
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      u32 a[4];
+      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < DV / 16; dp++) {
+        u32 bv[4];
+        ldsm_x4_t(bv, cV + vOff + (u32)((kk * 16 * SV + dp * 16) * 2));
+        mma_bf16(o[2 * dp], a, bv[0], bv[1]);
+        mma_bf16(o[2 * dp + 1], a, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();  // the next iteration's cp.async overwrites this tile's buffer
+  }
+  cp_async_wait<0>();
+
+  // Normalise and store; lse = ln Σ exp(scale·s) = ln2 · (m + log2 l).
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float l = lr[r];
+    l += __shfl_xor_sync(FULL_MASK, l, 1);
+    l += __shfl_xor_sync(FULL_MASK, l, 2);
+    const int qi = qi0 + r * 8;
+    if (qi >= Tq) continue;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    bf16* orow = out + ((i64)b * Tq + qi) * oLd + (i64)h * Dv;
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; dt++) {
+      const int col = dt * 8 + tig * 2;
+      if (col < Dv) *reinterpret_cast<__nv_bfloat162*>(orow + col) = __floats2bfloat162_rn(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+    }
+    if (lse != nullptr && tig == 0) lse[((i64)b * H + h) * Tq + qi] = l > 0.0f ? (mr[r] + log2f(l)) * LN2_F : NEG_INF;
+  }
+}
+
+/**
+ * grid (ceil(Tq/64), H, B), 128 threads, fa::SHARED_BYTES of dynamic shared memory.
+ * lse may be null (inference: no log-sum-exp kept).
+ */
+extern "C" __global__ void flash_attn_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int Tq, int Tk, int Skv, int H,
+                                          int Dk, int Dv, float scale, int qStart) {
+  flash_fwd_impl<fa::Q_IN_REGS>(q, k, v, out, lse, Tq, Tk, Skv, H, Dk, Dv, scale, qStart);
+}
