@@ -7,7 +7,7 @@
 // DSV3_BLAS=0 or DSV3_BLAS=own (read on every call) or setGemmImplementation('own') forces ours.
 
 import { availableParallelism } from 'node:os';
-import { blasGemm, loadBlas } from './openblas.js';
+import { blasGemm, loadBlas, type BlasLibrary } from './openblas.js';
 import { BLOCKING, dtypeOf, ownEngine, planTiles } from './own.js';
 import { GemmPool } from './pool.js';
 import type { AnyGemmArgs, FloatArray, GemmArgs } from './types.js';
@@ -33,9 +33,13 @@ export function allocShared(ctor: Float32ArrayConstructor | Float64ArrayConstruc
   return ctor === Float32Array ? new Float32Array(sab) : new Float64Array(sab);
 }
 
+/** Read once: the call is a system call, and gemm asks on every call. */
+const CORES = availableParallelism();
+
 let forced: GemmKind | undefined;
 let threadLimit: number | undefined;
 let pool: GemmPool | undefined;
+let blasThreadsApplied: number | undefined;
 
 /** Force one implementation ('openblas' throws on use if no BLAS loads) or go back to 'auto'. */
 export function setGemmImplementation(kind: GemmKind | 'auto'): void {
@@ -46,29 +50,39 @@ export function setGemmImplementation(kind: GemmKind | 'auto'): void {
 export function setGemmThreads(n: number | undefined): void {
   if (n !== undefined && !(Number.isInteger(n) && n >= 1)) throw new RangeError(`setGemmThreads: ${n} is not a positive integer`);
   threadLimit = n;
-  loadBlas()?.setThreads?.(n ?? availableParallelism());
 }
 
 function ownThreads(): number {
-  return Math.min(threadLimit ?? availableParallelism(), availableParallelism());
+  return Math.min(threadLimit ?? CORES, CORES);
+}
+
+/** The system BLAS, if one loads, with its thread count brought in line with setGemmThreads. */
+function blas(): BlasLibrary | null {
+  const lib = loadBlas();
+  const want = threadLimit ?? CORES;
+  if (lib !== null && blasThreadsApplied !== want) {
+    lib.setThreads?.(want);
+    blasThreadsApplied = want;
+  }
+  return lib;
 }
 
 function selectedKind(): GemmKind {
   if (forced === 'own') return 'own';
   if (forced === 'openblas') {
-    if (loadBlas() === null) throw new Error('gemm: the openblas implementation was forced but no BLAS with cblas_sgemm/cblas_dgemm loads (install libopenblas0)');
+    if (blas() === null) throw new Error('gemm: the openblas implementation was forced but no BLAS with cblas_sgemm/cblas_dgemm loads (install libopenblas0)');
     return 'openblas';
   }
   const env = process.env.DSV3_BLAS;
   if (env === '0' || env === 'own') return 'own';
-  return loadBlas() === null ? 'own' : 'openblas';
+  return blas() === null ? 'own' : 'openblas';
 }
 
 /** What `gemm` would run now. */
 export function gemmImplementation(): { kind: GemmKind; threads: number; detail: string } {
   const kind = selectedKind();
   if (kind === 'openblas') {
-    const lib = loadBlas()!;
+    const lib = blas()!;
     return { kind, threads: lib.getThreads?.() ?? 1, detail: lib.config ? `${lib.name} (${lib.config})` : lib.name };
   }
   const f32 = BLOCKING.f32;
@@ -98,7 +112,7 @@ export function gemm(args: GemmArgs<Float32Array> | GemmArgs<Float64Array>): voi
     return;
   }
   if (selectedKind() === 'openblas') {
-    blasGemm(loadBlas()!, args);
+    blasGemm(blas()!, args);
     return;
   }
   ownGemm(args);
@@ -114,9 +128,9 @@ function ownGemm(args: AnyGemmArgs): void {
     for (let t = 0; t < plan.count; t++) engine.runTask(args, plan, t);
     return;
   }
-  pool ??= new GemmPool(availableParallelism() - 1);
+  pool ??= new GemmPool(CORES - 1);
   const shared = sharedArgs(args);
-  pool.run(shared.args, plan);
+  pool.run(shared.args, plan, threads - 1);
   shared.copyBack();
 }
 

@@ -1,7 +1,6 @@
 // The system BLAS through koffi: cblas_sgemm / cblas_dgemm, row-major. Typed arrays go in as
 // pointers (koffi passes the view's memory, offset included, without copying).
 
-import { availableParallelism } from 'node:os';
 import koffi, { type IKoffiLib } from 'koffi';
 import type { AnyGemmArgs } from './types.js';
 
@@ -34,7 +33,7 @@ const CANDIDATES =
 
 let cached: BlasLibrary | null | undefined;
 
-/** The first BLAS with cblas_sgemm and cblas_dgemm, set to use every core; null if none. */
+/** The first BLAS with cblas_sgemm and cblas_dgemm; null if none. Cached. */
 export function loadBlas(): BlasLibrary | null {
   if (cached !== undefined) return cached;
   cached = null;
@@ -64,7 +63,6 @@ export function loadBlas(): BlasLibrary | null {
       if (setThreads) found.setThreads = (n) => setThreads(n);
       if (getThreads) found.getThreads = () => getThreads() as number;
       if (getConfig) found.config = String(getConfig());
-      found.setThreads?.(availableParallelism());
       cached = found;
       return cached;
     } catch {

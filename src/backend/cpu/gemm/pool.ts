@@ -96,14 +96,17 @@ export class GemmPool {
     return Atomics.load(this.ctrl, CTRL_WORKER_TILES);
   }
 
-  /** Runs every tile of `plan`; returns when all are written. Arrays must be SAB-backed. */
-  run(args: AnyGemmArgs, plan: TilePlan): void {
+  /**
+   * Runs every tile of `plan` with the calling thread and up to `maxHelpers` workers; returns
+   * when all are written. The arrays must be SharedArrayBuffer-backed.
+   */
+  run(args: AnyGemmArgs, plan: TilePlan, maxHelpers: number): void {
     const ctrl = this.ctrl;
     this.gen = (this.gen % (GEN_LIMIT - 1)) + 1;
     const job: PoolJob = { gen: this.gen, args, plan };
     Atomics.store(ctrl, CTRL_DONE, 0);
     Atomics.store(ctrl, CTRL_CLAIM, this.gen << TASK_BITS);
-    const helpers = Math.min(this.workers.length, plan.count - 1);
+    const helpers = Math.min(this.workers.length, plan.count - 1, maxHelpers);
     for (let i = 0; i < helpers; i++) {
       this.workers[i].postMessage(job);
       Atomics.store(ctrl, CTRL_WAKE_BASE + i, this.gen);
