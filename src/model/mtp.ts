@@ -60,9 +60,13 @@ export class MtpModule {
     const hIn = this.ehProj.forward(b, joined);
     const blockSaved: LayerSaved[] = [];
     const hk = this.block.forward(b, hIn, ctx, { train: opts.train, saved: blockSaved, expertLoad: opts.expertLoad, cache: opts.cache });
-    if (opts.save) opts.save({ hPrev, emb, joined, block: blockSaved, hk });
-    else b.free(joined);
-    b.free(hIn);
+    // the block's saved record keeps hIn as its input h: free it only when nothing is saved
+    if (opts.save) {
+      opts.save({ hPrev, emb, joined, block: blockSaved, hk });
+    } else {
+      b.free(joined);
+      b.free(hIn);
+    }
     return { normed: this.headNorm.forward(b, hk), hk };
   }
 

@@ -1,19 +1,51 @@
-// The CUDA backend (DESIGN §6): the Backend interface on one GPU. Float tensors are BF16 in
-// device memory (FP32 where an op says so: router scores and weights, or tensors uploaded with
-// `uploadF32`), index tensors i32. Every op enqueues on the context's one stream; memory comes
-// from the stream-ordered pool and returns to it in `free` — never through the garbage collector.
+// The CUDA backend (DESIGN §6): the Backend interface on one GPU. Every op enqueues on the
+// context's one stream; memory comes from the stream-ordered pool and returns to it in `free`
+// or `releaseAllocations` — never through the garbage collector.
+//
+// Dtypes. `floatDType` is the activation dtype, chosen at construction:
+//   'f32'  every float tensor is FP32 and GEMMs run in FP32 (cuBLASLt COMPUTE_32F, no TF32): the
+//          reference mode, checked against the CPU backend to ~1e-5.
+//   'bf16' (default) op results — activations and activation gradients — are BF16, math inside
+//          every kernel FP32. Tensors the caller creates and keeps — `upload` (parameters, which
+//          are the FP32 master weights, and RoPE tables) and `zeros` (gradients, optimizer
+//          moments, accumulation buffers) — are FP32, so gradients accumulate and AdamW updates in
+//          FP32. (`storageDType: 'bf16'` makes them BF16 instead: inference, which keeps no
+//          gradients or moments, at half the memory.)
+// Exceptions to "results are in floatDType": routerTopK's scores and weights, the gating-weight
+// gradient of moeUnpermuteBackward and the balance loss's dScores are FP32 in both modes.
+// Every op accepts each float input in either dtype. Inputs that the kernels read in FP32
+// directly — RMSNorm weights, embedding tables, RoPE tables, router logits, bias and gating
+// weights — are passed as they are; any other input of the other dtype is converted first (a
+// cast into a temporary freed after the op). GEMM operands are converted to floatDType; an FP32
+// upload used as a BF16 operand keeps its BF16 copy until the tensor is next written by an op
+// (AdamW, copyFromHost, …) or freed, so a weight is cast once per optimizer step, not per GEMM.
+//
+// Allocations. Every tensor the backend allocates gets an increasing serial number and stays in
+// the live set until freed; `markAllocations` returns the last serial and `releaseAllocations(mark)`
+// frees every live tensor with a larger one. Views (`rows`, `reshape`) are not allocations: they
+// own nothing, and using one after its tensor was freed is an error. `free` of a view, or of a
+// tensor already freed (by `free` or by `releaseAllocations`), does nothing, so code that frees
+// its handles stays correct inside an allocation scope.
 
-import type { Backend, GemmSpec, MatrixRef, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
+import type { AdamWHyper, Backend, GemmSpec, MatrixRef, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
 import { numel, shapeString, type ComputeDType, type Tensor } from '../../tensor/tensor.js';
 import { CudaContext } from './context.js';
-import { CublasLtMatmul, type GemmDType } from './matmul.js';
+import { CublasLtMatmul, type GemmDType, type RowMajorGemm } from './matmul.js';
 import * as ops from './ops.js';
 import type { FloatKind } from './ops.js';
 
 const DTYPE_BYTES: Record<ComputeDType, number> = { bf16: 2, f32: 4, f64: 8, i32: 4 };
 
-/** A tensor in device memory. Views (`rows`, `reshape`) share their parent's storage and own nothing. */
+/** A tensor in device memory. Views (`rows`, `reshape`) share their base tensor's storage and own nothing. */
 export class CudaTensor implements Tensor {
+  /** Serial number of the allocation (0 for views and untracked tensors). */
+  serial = 0;
+  freed = false;
+  /** Keep a BF16 copy while used as a BF16 operand (FP32 uploads in BF16 mode). */
+  cachesBf16 = false;
+  /** Device address of that BF16 copy, or 0. */
+  bf16Copy = 0;
+
   constructor(
     readonly shape: readonly number[],
     readonly dtype: ComputeDType,
@@ -21,25 +53,54 @@ export class CudaTensor implements Tensor {
     readonly ptr: number,
     /** Whether `free` returns this allocation to the pool. */
     readonly owned: boolean,
+    /** For a view: the tensor whose storage it shares. */
+    readonly base: CudaTensor | null = null,
   ) {}
-  freed = false;
   get numel(): number {
     return numel(this.shape);
   }
   get bytes(): number {
     return numel(this.shape) * DTYPE_BYTES[this.dtype];
   }
+  /** The allocation this tensor's storage belongs to. */
+  get root(): CudaTensor {
+    return this.base ?? this;
+  }
+  /** Whether the storage was returned to the pool. */
+  get released(): boolean {
+    return this.freed || (this.base?.freed ?? false);
+  }
+}
+
+/** What runs the GEMMs: cuBLASLt on the context by default. */
+export interface GemmRunner {
+  run(g: RowMajorGemm, a: number, b: number, c: number, alpha?: number, beta?: number): void;
+  dispose(): void;
+}
+
+export interface CudaBackendOptions {
+  /** Activation dtype (default 'bf16'); 'f32' runs everything in FP32. */
+  dtype?: 'bf16' | 'f32';
+  /** Dtype of tensors made by `upload` and `zeros` (default 'f32'); 'bf16' only with dtype 'bf16'. */
+  storageDType?: 'bf16' | 'f32';
+  /** GEMM runner (default: cuBLASLt on the context). */
+  matmul?: GemmRunner;
 }
 
 function dev(t: Tensor, what: string): CudaTensor {
   if (!(t instanceof CudaTensor)) throw new Error(`${what}: not a CUDA tensor`);
-  if (t.freed) throw new Error(`${what}: tensor ${shapeString(t.shape)} was freed`);
+  if (t.released) throw new Error(`${what}: tensor ${shapeString(t.shape)} was freed`);
   return t;
 }
 
 function floatKind(t: CudaTensor, what: string): FloatKind {
   if (t.dtype === 'bf16' || t.dtype === 'f32') return t.dtype;
   throw new Error(`${what}: expected a bf16 or f32 tensor, got ${t.dtype}`);
+}
+
+function int32(t: CudaTensor, what: string): CudaTensor {
+  if (t.dtype !== 'i32') throw new Error(`${what}: expected an i32 tensor, got ${t.dtype}${shapeString(t.shape)}`);
+  return t;
 }
 
 function lastDim(t: Tensor): number {
@@ -50,52 +111,123 @@ function sameShape(a: Tensor, b: Tensor): boolean {
   return a.shape.length === b.shape.length && a.shape.every((s, i) => s === b.shape[i]);
 }
 
-/**
- * The Backend ops this class covers: memory, GEMMs, the forward ops of every layer (norms,
- * SwiGLU, column slices, head concatenation, embedding, RoPE and its inverse, attention, latent attention,
- * the KV cache, routing and expert permutation). The training-only ops of Backend (backward
- * passes, losses, the optimizer step) are not part of this class.
- */
-export type CudaForwardOps = Omit<Backend, 'rmsNormBackwardInput' | 'rmsNormBackwardWeight' | 'swigluBackward' | 'embeddingBackward' | 'addToCols'
-  | 'sumHeads' | 'attentionBackward' | 'moeUnpermuteBackward' | 'moePermuteBackward' | 'routerBackward' | 'sequenceBalanceLoss' | 'crossEntropy'
-  | 'sumSquares' | 'scaleInPlace' | 'adamw'>;
-
-export class CudaBackend implements CudaForwardOps {
+export class CudaBackend implements Backend {
   readonly name = 'cuda' as const;
-  readonly floatDType = 'bf16' as const;
+  readonly floatDType: 'bf16' | 'f32';
+  /** Dtype of `upload` and `zeros` results. */
+  readonly storageDType: 'bf16' | 'f32';
   readonly ctx: CudaContext;
-  private readonly matmul: CublasLtMatmul;
+  private readonly matmul: GemmRunner;
+  private lastSerial = 0;
+  /** Live allocations by serial number, in allocation order. */
+  private readonly live = new Map<number, CudaTensor>();
 
-  constructor(ctx: CudaContext = CudaContext.create(0)) {
+  constructor(ctx: CudaContext = CudaContext.create(0), options: CudaBackendOptions = {}) {
     this.ctx = ctx;
-    this.matmul = new CublasLtMatmul(ctx);
+    this.floatDType = options.dtype ?? 'bf16';
+    this.storageDType = options.storageDType ?? 'f32';
+    if (this.floatDType === 'f32' && this.storageDType !== 'f32') throw new Error('CudaBackend: BF16 storage needs the BF16 activation dtype');
+    this.matmul = options.matmul ?? new CublasLtMatmul(ctx);
   }
 
-  /** A fresh, uninitialised tensor. */
-  empty(shape: readonly number[], dtype: ComputeDType = 'bf16'): CudaTensor {
+  // ---- allocation bookkeeping -----------------------------------------------------------
+
+  private track(t: CudaTensor): CudaTensor {
+    t.serial = ++this.lastSerial;
+    this.live.set(t.serial, t);
+    return t;
+  }
+
+  /** A fresh, uninitialised tensor (tracked; the caller owns it). */
+  empty(shape: readonly number[], dtype: ComputeDType = this.floatDType): CudaTensor {
     const n = numel(shape);
-    return new CudaTensor([...shape], dtype, this.ctx.alloc(n * DTYPE_BYTES[dtype]), true);
+    return this.track(new CudaTensor([...shape], dtype, this.ctx.alloc(n * DTYPE_BYTES[dtype]), true));
+  }
+
+  /** A tracked tensor around device memory allocated elsewhere (ops.* results). */
+  private adopt(shape: readonly number[], dtype: ComputeDType, ptr: number): CudaTensor {
+    return this.track(new CudaTensor([...shape], dtype, ptr, true));
+  }
+
+  /** Live allocations: how many and their bytes (BF16 copies of uploads not counted). */
+  liveAllocations(): { count: number; bytes: number } {
+    let bytes = 0;
+    for (const t of this.live.values()) bytes += t.bytes;
+    return { count: this.live.size, bytes };
+  }
+
+  /** An op wrote into `t`: a BF16 copy of its storage is stale. */
+  private written(t: CudaTensor): void {
+    const root = t.root;
+    if (root.bf16Copy !== 0) {
+      this.ctx.free(root.bf16Copy);
+      root.bf16Copy = 0;
+    }
+  }
+
+  /** Run `body` with a list of temporaries (device pointers) freed afterwards, stream-ordered. */
+  private withTemps<R>(body: (temps: number[]) => R): R {
+    const temps: number[] = [];
+    try {
+      return body(temps);
+    } finally {
+      for (const p of temps) this.ctx.free(p);
+    }
+  }
+
+  /**
+   * `t` in dtype `kind`: `t` itself, the BF16 copy of an FP32 upload (made now if missing; never
+   * during graph capture, where a copy could be freed before a replay), or a converted temporary
+   * pushed on `temps`. The result is an untracked tensor of the same shape.
+   */
+  private as(t: CudaTensor, kind: FloatKind, temps: number[]): CudaTensor {
+    if (floatKind(t, 'convert') === kind) return t;
+    const n = t.numel;
+    if (kind === 'bf16' && t.cachesBf16 && t.owned && !this.ctx.isCapturing) {
+      if (t.bf16Copy === 0) {
+        t.bf16Copy = this.ctx.alloc(2 * n);
+        ops.castF32ToBf16(this.ctx, t.ptr, t.bf16Copy, n);
+      }
+      return new CudaTensor(t.shape, 'bf16', t.bf16Copy, false, t);
+    }
+    const ptr = this.ctx.alloc(ops.FLOAT_BYTES[kind] * n);
+    temps.push(ptr);
+    if (kind === 'bf16') ops.castF32ToBf16(this.ctx, t.ptr, ptr, n);
+    else ops.castBf16ToF32(this.ctx, t.ptr, ptr, n);
+    return new CudaTensor(t.shape, kind, ptr, false, t);
+  }
+
+  /** `t` in the activation dtype. */
+  private act(t: CudaTensor, temps: number[]): CudaTensor {
+    return this.as(t, this.floatDType, temps);
   }
 
   // ---- memory -------------------------------------------------------------------------
 
-  upload(data: Float32Array | Float64Array, shape: readonly number[]): Tensor {
+  /** Copy host floats in, stored as `dtype` (default storageDType: FP32 master weights). */
+  upload(data: Float32Array | Float64Array, shape: readonly number[], dtype: FloatKind = this.storageDType): CudaTensor {
     if (data.length !== numel(shape)) throw new Error(`upload: ${data.length} values for shape ${shapeString(shape)}`);
-    const f32 = data instanceof Float32Array ? data : Float32Array.from(data);
-    const staging = this.ctx.upload(f32);
-    const out = this.empty(shape, 'bf16');
-    ops.castF32ToBf16(this.ctx, staging, out.ptr, f32.length);
-    this.ctx.free(staging);
+    const out = this.empty(shape, dtype);
+    this.fill(out, data);
+    out.cachesBf16 = dtype === 'f32' && this.floatDType === 'bf16';
     return out;
   }
 
-  /** Upload keeping FP32 (master weights, router bias, statistics). */
+  /** Upload keeping FP32 (statistics, router inputs in tests). */
   uploadF32(data: Float32Array | Float64Array, shape: readonly number[]): CudaTensor {
-    if (data.length !== numel(shape)) throw new Error(`uploadF32: ${data.length} values for shape ${shapeString(shape)}`);
+    return this.upload(data, shape, 'f32');
+  }
+
+  /** Write host values into a float tensor of the same element count. */
+  private fill(t: CudaTensor, data: Float32Array | Float64Array): void {
     const f32 = data instanceof Float32Array ? data : Float32Array.from(data);
-    const out = this.empty(shape, 'f32');
-    this.ctx.copyToDevice(out.ptr, f32);
-    return out;
+    if (t.dtype === 'f32') {
+      this.ctx.copyToDevice(t.ptr, f32);
+    } else {
+      const staging = this.ctx.upload(f32);
+      ops.castF32ToBf16(this.ctx, staging, t.ptr, f32.length);
+      this.ctx.free(staging);
+    }
   }
 
   uploadInt(data: Int32Array, shape: readonly number[]): Tensor {
@@ -114,8 +246,11 @@ export class CudaBackend implements CudaForwardOps {
     } else if (x.dtype === 'bf16') {
       const staging = this.ctx.alloc(4 * n);
       ops.castBf16ToF32(this.ctx, x.ptr, staging, n);
-      this.ctx.copyToHost(out, staging);
-      this.ctx.free(staging);
+      try {
+        this.ctx.copyToHost(out, staging);
+      } finally {
+        this.ctx.free(staging);
+      }
     } else {
       throw new Error(`download: ${x.dtype} tensor (use downloadInt)`);
     }
@@ -123,15 +258,15 @@ export class CudaBackend implements CudaForwardOps {
   }
 
   downloadInt(t: Tensor): Int32Array {
-    const x = dev(t, 'downloadInt');
-    if (x.dtype !== 'i32') throw new Error(`downloadInt: ${x.dtype} tensor`);
+    const x = int32(dev(t, 'downloadInt'), 'downloadInt');
     const out = new Int32Array(x.numel);
     this.ctx.copyToHost(out, x.ptr);
     return out;
   }
 
-  zeros(shape: readonly number[]): Tensor {
-    const out = this.empty(shape, 'bf16');
+  /** Zero-filled, stored as `dtype` (default storageDType: FP32 gradients and moments). */
+  zeros(shape: readonly number[], dtype: FloatKind = this.storageDType): CudaTensor {
+    const out = this.empty(shape, dtype);
     this.ctx.memset8(out.ptr, 0, out.bytes);
     return out;
   }
@@ -141,19 +276,38 @@ export class CudaBackend implements CudaForwardOps {
     const first = x.shape[0] ?? 0;
     if (start < 0 || count < 0 || start + count > first) throw new Error(`rows: [${start}, ${start + count}) of ${shapeString(x.shape)}`);
     const rowElems = numel(x.shape.slice(1));
-    return new CudaTensor([count, ...x.shape.slice(1)], x.dtype, x.ptr + start * rowElems * DTYPE_BYTES[x.dtype], false);
+    return new CudaTensor([count, ...x.shape.slice(1)], x.dtype, x.ptr + start * rowElems * DTYPE_BYTES[x.dtype], false, x.root);
   }
 
   reshape(t: Tensor, shape: readonly number[]): Tensor {
     const x = dev(t, 'reshape');
     if (numel(shape) !== x.numel) throw new Error(`reshape: ${shapeString(x.shape)} to ${shapeString(shape)}`);
-    return new CudaTensor([...shape], x.dtype, x.ptr, false);
+    return new CudaTensor([...shape], x.dtype, x.ptr, false, x.root);
   }
 
   free(t: Tensor): void {
     if (!(t instanceof CudaTensor) || !t.owned || t.freed) return;
     t.freed = true;
+    this.live.delete(t.serial);
+    this.written(t);
     this.ctx.free(t.ptr);
+  }
+
+  copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void {
+    const d = dev(dst, 'copyFromHost');
+    floatKind(d, 'copyFromHost');
+    if (data.length !== d.numel) throw new Error(`copyFromHost: ${data.length} values into ${shapeString(d.shape)}`);
+    this.fill(d, data);
+    this.written(d);
+  }
+
+  markAllocations(): number {
+    return this.lastSerial;
+  }
+
+  releaseAllocations(mark: number): void {
+    // Deleting the current entry while iterating a Map is safe: iteration goes on with the next.
+    for (const [serial, t] of this.live) if (serial > mark) this.free(t);
   }
 
   /** Wait for every queued op. */
@@ -163,29 +317,36 @@ export class CudaBackend implements CudaForwardOps {
 
   // ---- linear algebra -----------------------------------------------------------------
 
+  /** A and B run in floatDType (converted when stored otherwise); C is written in its own dtype. */
   gemm(spec: GemmSpec): void {
-    const a = dev(spec.a.tensor, 'gemm A'), b = dev(spec.b.tensor, 'gemm B'), c = dev(spec.c.tensor, 'gemm C');
-    const abType = floatKind(a, 'gemm A') as GemmDType;
-    if (b.dtype !== abType) throw new Error(`gemm: A is ${a.dtype} but B is ${b.dtype}`);
+    const a0 = dev(spec.a.tensor, 'gemm A'), b0 = dev(spec.b.tensor, 'gemm B'), c = dev(spec.c.tensor, 'gemm C');
+    floatKind(a0, 'gemm A');
+    floatKind(b0, 'gemm B');
     const cType = floatKind(c, 'gemm C') as GemmDType;
+    const abType = this.floatDType as GemmDType;
+    if (abType === 'f32' && cType === 'bf16') throw new Error('gemm: FP32 operands with a BF16 result are not supported (the FP32 backend makes FP32 tensors)');
     const batch = spec.batch ?? 1;
     const { m, n, k } = spec;
     const alpha = spec.alpha ?? 1, beta = spec.beta ?? 0;
     const ptr = (r: MatrixRef, t: CudaTensor): number => t.ptr + (r.offset ?? 0) * DTYPE_BYTES[t.dtype];
-    this.checkExtent('gemm A', spec.a, a, spec.a.trans ? k : m, spec.a.trans ? m : k, batch);
-    this.checkExtent('gemm B', spec.b, b, spec.b.trans ? n : k, spec.b.trans ? k : n, batch);
+    this.checkExtent('gemm A', spec.a, a0, spec.a.trans ? k : m, spec.a.trans ? m : k, batch);
+    this.checkExtent('gemm B', spec.b, b0, spec.b.trans ? n : k, spec.b.trans ? k : n, batch);
     this.checkExtent('gemm C', spec.c, c, m, n, batch);
     if (m === 0 || n === 0) return;
+    this.written(c);
     if (k === 0) {
       // C = beta·C: cuBLASLt rejects an empty inner dimension.
       if (beta !== 1) this.scaleMatrices(c, spec.c, m, n, batch, beta);
       return;
     }
-    this.matmul.run(
-      { m, n, k, abType, cType, transA: !!spec.a.trans, transB: !!spec.b.trans, lda: spec.a.ld, ldb: spec.b.ld, ldc: spec.c.ld, batch,
-        strideA: spec.a.batchStride ?? 0, strideB: spec.b.batchStride ?? 0, strideC: spec.c.batchStride ?? 0 },
-      ptr(spec.a, a), ptr(spec.b, b), ptr(spec.c, c), alpha, beta,
-    );
+    this.withTemps((temps) => {
+      const a = this.as(a0, abType, temps), b = this.as(b0, abType, temps);
+      this.matmul.run(
+        { m, n, k, abType, cType, transA: !!spec.a.trans, transB: !!spec.b.trans, lda: spec.a.ld, ldb: spec.b.ld, ldc: spec.c.ld, batch,
+          strideA: spec.a.batchStride ?? 0, strideB: spec.b.batchStride ?? 0, strideC: spec.c.batchStride ?? 0 },
+        ptr(spec.a, a), ptr(spec.b, b), ptr(spec.c, c), alpha, beta,
+      );
+    });
   }
 
   private checkExtent(what: string, r: MatrixRef, t: CudaTensor, rows: number, cols: number, batch: number): void {
@@ -207,24 +368,21 @@ export class CudaBackend implements CudaForwardOps {
   }
 
   linear(x: Tensor, w: Tensor): Tensor {
-    const xt = dev(x, 'linear x'), wt = dev(w, 'linear w');
-    const K = lastDim(xt);
-    if (wt.shape.length !== 2 || wt.shape[1] !== K) throw new Error(`linear: x ${shapeString(xt.shape)} with w ${shapeString(wt.shape)}`);
-    const N = wt.shape[0]!;
-    const M = xt.numel / K;
-    const y = this.empty([...xt.shape.slice(0, -1), N], 'bf16');
-    this.gemm({ m: M, n: N, k: K, a: { tensor: xt, ld: K }, b: { tensor: wt, ld: K, trans: true }, c: { tensor: y, ld: N } });
-    return y;
+    return this.linearInto(x, w, this.floatDType, 'linear');
   }
 
   /** y = x · wᵀ with an FP32 output (router logits). */
   linearF32(x: Tensor, w: Tensor): CudaTensor {
-    const xt = dev(x, 'linearF32 x'), wt = dev(w, 'linearF32 w');
+    return this.linearInto(x, w, 'f32', 'linearF32');
+  }
+
+  private linearInto(x: Tensor, w: Tensor, outType: FloatKind, what: string): CudaTensor {
+    const xt = dev(x, `${what} x`), wt = dev(w, `${what} w`);
     const K = lastDim(xt);
-    if (wt.shape.length !== 2 || wt.shape[1] !== K) throw new Error(`linearF32: x ${shapeString(xt.shape)} with w ${shapeString(wt.shape)}`);
+    if (wt.shape.length !== 2 || wt.shape[1] !== K) throw new Error(`${what}: x ${shapeString(xt.shape)} with w ${shapeString(wt.shape)}`);
     const N = wt.shape[0]!;
     const M = xt.numel / K;
-    const y = this.empty([...xt.shape.slice(0, -1), N], 'f32');
+    const y = this.empty([...xt.shape.slice(0, -1), N], outType);
     this.gemm({ m: M, n: N, k: K, a: { tensor: xt, ld: K }, b: { tensor: wt, ld: K, trans: true }, c: { tensor: y, ld: N } });
     return y;
   }
@@ -232,133 +390,169 @@ export class CudaBackend implements CudaForwardOps {
   // ---- elementwise and normalisation --------------------------------------------------
 
   add(a: Tensor, b: Tensor): Tensor {
-    const x = dev(a, 'add a'), y = dev(b, 'add b');
-    if (!sameShape(x, y) || x.dtype !== y.dtype) throw new Error(`add: ${x.dtype}${shapeString(x.shape)} + ${y.dtype}${shapeString(y.shape)}`);
-    const out = this.empty(x.shape, x.dtype);
-    ops.add(this.ctx, floatKind(x, 'add'), x.ptr, y.ptr, out.ptr, x.numel);
+    const x0 = dev(a, 'add a'), y0 = dev(b, 'add b');
+    if (!sameShape(x0, y0)) throw new Error(`add: ${shapeString(x0.shape)} + ${shapeString(y0.shape)}`);
+    const out = this.empty(x0.shape);
+    this.withTemps((temps) => ops.add(this.ctx, this.floatDType, this.act(x0, temps).ptr, this.act(y0, temps).ptr, out.ptr, out.numel));
     return out;
   }
 
   addInPlace(a: Tensor, b: Tensor, alpha = 1): void {
-    const x = dev(a, 'addInPlace a'), y = dev(b, 'addInPlace b');
-    if (x.numel !== y.numel || x.dtype !== y.dtype) throw new Error(`addInPlace: ${x.dtype}${shapeString(x.shape)} += ${y.dtype}${shapeString(y.shape)}`);
-    ops.addInPlace(this.ctx, floatKind(x, 'addInPlace'), x.ptr, y.ptr, alpha, x.numel);
+    const x = dev(a, 'addInPlace a'), y0 = dev(b, 'addInPlace b');
+    if (x.numel !== y0.numel) throw new Error(`addInPlace: ${shapeString(x.shape)} += ${shapeString(y0.shape)}`);
+    const kind = floatKind(x, 'addInPlace');
+    this.written(x);
+    this.withTemps((temps) => ops.addInPlace(this.ctx, kind, x.ptr, this.as(y0, kind, temps).ptr, alpha, x.numel));
   }
 
   rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
-    const xt = dev(x, 'rmsNorm x'), wt = dev(w, 'rmsNorm w');
-    const d = lastDim(xt);
-    if (wt.numel !== d || wt.dtype !== xt.dtype) throw new Error(`rmsNorm: x ${xt.dtype}${shapeString(xt.shape)} with w ${wt.dtype}${shapeString(wt.shape)}`);
-    const out = this.empty(xt.shape, xt.dtype);
-    ops.rmsNorm(this.ctx, floatKind(xt, 'rmsNorm'), xt.ptr, wt.ptr, out.ptr, xt.numel / d, d, eps);
+    const x0 = dev(x, 'rmsNorm x'), w0 = dev(w, 'rmsNorm w');
+    const d = lastDim(x0);
+    if (w0.numel !== d) throw new Error(`rmsNorm: x ${shapeString(x0.shape)} with w ${shapeString(w0.shape)}`);
+    const out = this.empty(x0.shape);
+    const rows = out.numel / d;
+    this.withTemps((temps) => {
+      const xt = this.act(x0, temps);
+      if (this.floatDType === 'bf16' && floatKind(w0, 'rmsNorm w') === 'f32') ops.rmsNormF32Weight(this.ctx, xt.ptr, w0.ptr, out.ptr, rows, d, eps);
+      else ops.rmsNorm(this.ctx, this.floatDType, xt.ptr, this.act(w0, temps).ptr, out.ptr, rows, d, eps);
+    });
     return out;
   }
 
   swiglu(gate: Tensor, up: Tensor): Tensor {
-    const g = dev(gate, 'swiglu gate'), u = dev(up, 'swiglu up');
-    if (!sameShape(g, u) || g.dtype !== u.dtype) throw new Error(`swiglu: gate ${shapeString(g.shape)}, up ${shapeString(u.shape)}`);
-    const out = this.empty(g.shape, g.dtype);
-    ops.swiglu(this.ctx, floatKind(g, 'swiglu'), g.ptr, u.ptr, out.ptr, g.numel);
+    const g0 = dev(gate, 'swiglu gate'), u0 = dev(up, 'swiglu up');
+    if (!sameShape(g0, u0)) throw new Error(`swiglu: gate ${shapeString(g0.shape)}, up ${shapeString(u0.shape)}`);
+    const out = this.empty(g0.shape);
+    this.withTemps((temps) => ops.swiglu(this.ctx, this.floatDType, this.act(g0, temps).ptr, this.act(u0, temps).ptr, out.ptr, out.numel));
     return out;
   }
 
   sliceCols(x: Tensor, start: number, end: number): Tensor {
-    const t = dev(x, 'sliceCols');
-    if (t.shape.length !== 2) throw new Error(`sliceCols: ${shapeString(t.shape)} is not 2-D`);
-    const [M, C] = t.shape as [number, number];
+    const t0 = dev(x, 'sliceCols');
+    if (t0.shape.length !== 2) throw new Error(`sliceCols: ${shapeString(t0.shape)} is not 2-D`);
+    const [M, C] = t0.shape as [number, number];
     if (start < 0 || end > C || start > end) throw new Error(`sliceCols: [${start}, ${end}) of ${C} columns`);
-    const out = this.empty([M, end - start], t.dtype);
-    const e = DTYPE_BYTES[t.dtype];
-    ops.copy2d(this.ctx, e, t.ptr + start * e, C, 0, out.ptr, end - start, 0, M, end - start);
+    const out = this.empty([M, end - start]);
+    const e = DTYPE_BYTES[out.dtype];
+    this.withTemps((temps) => ops.copy2d(this.ctx, e, this.act(t0, temps).ptr + start * e, C, 0, out.ptr, end - start, 0, M, end - start));
     return out;
   }
 
   concatHeads(a: Tensor, b: Tensor): Tensor {
-    const x = dev(a, 'concatHeads a'), y = dev(b, 'concatHeads b');
-    const [N, H, Ca] = x.shape as [number, number, number];
-    const Hb = y.shape[1]!, Cb = y.shape[2]!;
-    if (x.shape.length !== 3 || y.shape.length !== 3 || y.shape[0] !== N || (Hb !== H && Hb !== 1) || x.dtype !== y.dtype) {
-      throw new Error(`concatHeads: ${x.dtype}${shapeString(x.shape)} and ${y.dtype}${shapeString(y.shape)}`);
+    const x0 = dev(a, 'concatHeads a'), y0 = dev(b, 'concatHeads b');
+    const [N, H, Ca] = x0.shape as [number, number, number];
+    const Hb = y0.shape[1]!, Cb = y0.shape[2]!;
+    if (x0.shape.length !== 3 || y0.shape.length !== 3 || y0.shape[0] !== N || (Hb !== H && Hb !== 1)) {
+      throw new Error(`concatHeads: ${shapeString(x0.shape)} and ${shapeString(y0.shape)}`);
     }
     const W = Ca + Cb;
-    const out = this.empty([N, H, W], x.dtype);
-    const e = DTYPE_BYTES[x.dtype];
-    ops.copy2d(this.ctx, e, x.ptr, Ca, 0, out.ptr, W, 0, N * H, Ca);
-    if (Hb === H) {
-      ops.copy2d(this.ctx, e, y.ptr, Cb, 0, out.ptr + Ca * e, W, 0, N * H, Cb);
-    } else {
-      // One row of b per token, repeated for every head: row stride 0 inside a token's batch.
-      for (let n0 = 0; n0 < N; n0 += 65535) {
-        const count = Math.min(65535, N - n0);
-        ops.copy2d(this.ctx, e, y.ptr + n0 * Cb * e, 0, Cb, out.ptr + (n0 * H * W + Ca) * e, W, H * W, H, Cb, count);
+    const out = this.empty([N, H, W]);
+    const e = DTYPE_BYTES[out.dtype];
+    this.withTemps((temps) => {
+      const x = this.act(x0, temps), y = this.act(y0, temps);
+      ops.copy2d(this.ctx, e, x.ptr, Ca, 0, out.ptr, W, 0, N * H, Ca);
+      if (Hb === H) {
+        ops.copy2d(this.ctx, e, y.ptr, Cb, 0, out.ptr + Ca * e, W, 0, N * H, Cb);
+      } else {
+        // One row of b per token, repeated for every head: row stride 0 inside a token's batch.
+        for (let n0 = 0; n0 < N; n0 += 65535) {
+          const count = Math.min(65535, N - n0);
+          ops.copy2d(this.ctx, e, y.ptr + n0 * Cb * e, 0, Cb, out.ptr + (n0 * H * W + Ca) * e, W, H * W, H, Cb, count);
+        }
       }
-    }
+    });
     return out;
   }
 
   // ---- embeddings and positions -------------------------------------------------------
 
   embedding(table: Tensor, ids: Tensor): Tensor {
-    const t = dev(table, 'embedding table'), i = dev(ids, 'embedding ids');
-    if (t.shape.length !== 2 || i.dtype !== 'i32') throw new Error(`embedding: table ${shapeString(t.shape)}, ids ${i.dtype}${shapeString(i.shape)}`);
-    const [V, d] = t.shape as [number, number];
-    const out = this.empty([...i.shape, d], t.dtype);
-    ops.embedding(this.ctx, floatKind(t, 'embedding'), t.ptr, i.ptr, out.ptr, i.numel, d, V);
+    const t0 = dev(table, 'embedding table'), i = dev(ids, 'embedding ids');
+    if (t0.shape.length !== 2 || i.dtype !== 'i32') throw new Error(`embedding: table ${shapeString(t0.shape)}, ids ${i.dtype}${shapeString(i.shape)}`);
+    const [V, d] = t0.shape as [number, number];
+    const out = this.empty([...i.shape, d]);
+    if (this.floatDType === 'bf16' && floatKind(t0, 'embedding table') === 'f32') {
+      ops.embeddingF32ToBf16(this.ctx, t0.ptr, i.ptr, out.ptr, i.numel, d, V);
+    } else {
+      this.withTemps((temps) => ops.embedding(this.ctx, this.floatDType, this.act(t0, temps).ptr, i.ptr, out.ptr, i.numel, d, V));
+    }
     return out;
   }
 
   rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, colOffset: number, rot: number, inverse = false): Tensor {
-    const xt = dev(x, 'rope x'), c = dev(cos, 'rope cos'), s = dev(sin, 'rope sin'), p = dev(positions, 'rope positions');
-    if (xt.shape.length !== 3) throw new Error(`rope: x ${shapeString(xt.shape)} is not [N, H, W]`);
-    const [N, H, W] = xt.shape as [number, number, number];
+    const x0 = dev(x, 'rope x'), c0 = dev(cos, 'rope cos'), s0 = dev(sin, 'rope sin'), p = int32(dev(positions, 'rope positions'), 'rope positions');
+    if (x0.shape.length !== 3) throw new Error(`rope: x ${shapeString(x0.shape)} is not [N, H, W]`);
+    const [N, H, W] = x0.shape as [number, number, number];
     const half = rot / 2;
-    if (p.dtype !== 'i32' || p.numel !== N) throw new Error(`rope: ${p.numel} ${p.dtype} positions for ${N} rows`);
-    if (c.dtype !== s.dtype || c.numel !== s.numel || lastDim(c) !== half) throw new Error(`rope: tables cos ${shapeString(c.shape)}, sin ${shapeString(s.shape)} for rot ${rot}`);
-    const out = this.empty(xt.shape, xt.dtype);
-    ops.rope(this.ctx, floatKind(xt, 'rope'), floatKind(c, 'rope tables'), xt.ptr, c.ptr, s.ptr, p.ptr, out.ptr, N, H, W, colOffset, rot, c.numel / half, inverse);
+    if (p.numel !== N) throw new Error(`rope: ${p.numel} positions for ${N} rows`);
+    if (c0.dtype !== s0.dtype || c0.numel !== s0.numel || lastDim(c0) !== half) throw new Error(`rope: tables cos ${shapeString(c0.shape)}, sin ${shapeString(s0.shape)} for rot ${rot}`);
+    const out = this.empty(x0.shape);
+    this.withTemps((temps) => {
+      // BF16 activations read FP32 or BF16 tables; FP32 activations need FP32 tables.
+      const tables: FloatKind = this.floatDType === 'f32' ? 'f32' : floatKind(c0, 'rope tables');
+      const c = this.as(c0, tables, temps), s = this.as(s0, tables, temps);
+      ops.rope(this.ctx, this.floatDType, tables, this.act(x0, temps).ptr, c.ptr, s.ptr, p.ptr, out.ptr, N, H, W, colOffset, rot, c.numel / half, inverse);
+    });
     return out;
   }
 
   // ---- attention ----------------------------------------------------------------------
 
   attention(q: Tensor, k: Tensor, v: Tensor, scale: number, qStart: number): Tensor {
-    const qt = dev(q, 'attention q'), kt = dev(k, 'attention k'), vt = dev(v, 'attention v');
-    const [B, Tq, H, Dk] = qt.shape as [number, number, number, number];
-    const [, Tk, , Dv] = vt.shape as [number, number, number, number];
-    if (qt.shape.length !== 4 || kt.shape.length !== 4 || vt.shape.length !== 4 || kt.shape[0] !== B || kt.shape[1] !== Tk || kt.shape[2] !== H
-      || kt.shape[3] !== Dk || vt.shape[0] !== B || vt.shape[2] !== H || qt.dtype !== kt.dtype || qt.dtype !== vt.dtype) {
-      throw new Error(`attention: q ${shapeString(qt.shape)}, k ${shapeString(kt.shape)}, v ${shapeString(vt.shape)}`);
+    const q0 = dev(q, 'attention q'), k0 = dev(k, 'attention k'), v0 = dev(v, 'attention v');
+    const [B, Tq, H, Dk] = q0.shape as [number, number, number, number];
+    const [, Tk, , Dv] = v0.shape as [number, number, number, number];
+    if (q0.shape.length !== 4 || k0.shape.length !== 4 || v0.shape.length !== 4 || k0.shape[0] !== B || k0.shape[1] !== Tk || k0.shape[2] !== H
+      || k0.shape[3] !== Dk || v0.shape[0] !== B || v0.shape[2] !== H) {
+      throw new Error(`attention: q ${shapeString(q0.shape)}, k ${shapeString(k0.shape)}, v ${shapeString(v0.shape)}`);
     }
-    const out = this.empty([B, Tq, H, Dv], qt.dtype);
-    ops.attention(this.ctx, floatKind(qt, 'attention'), qt.ptr, 0, kt.ptr, 0, vt.ptr, out.ptr, { B, Tq, Tk, S: Tk, H, Hk: H, D1: Dk, D2: 0, Dv }, scale, qStart);
+    const out = this.empty([B, Tq, H, Dv]);
+    this.withTemps((temps) => {
+      const qt = this.act(q0, temps), kt = this.act(k0, temps), vt = this.act(v0, temps);
+      ops.attention(this.ctx, this.floatDType, qt.ptr, 0, kt.ptr, 0, vt.ptr, out.ptr, { B, Tq, Tk, S: Tk, H, Hk: H, D1: Dk, D2: 0, Dv }, scale, qStart);
+    });
     return out;
   }
 
+  /** Runs in the dtype of the cache (ckv), the other inputs converted to it; the result is converted to floatDType. */
   mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, qStart: number, kvLen: number): Tensor {
-    const ql = dev(qLat, 'mla qLat'), qp = dev(qPe, 'mla qPe'), c = dev(ckv, 'mla ckv'), kp = dev(kpe, 'mla kpe');
-    const [B, Tq, H, C] = ql.shape as [number, number, number, number];
-    const R = lastDim(qp);
+    const ql0 = dev(qLat, 'mla qLat'), qp0 = dev(qPe, 'mla qPe'), c = dev(ckv, 'mla ckv'), kp0 = dev(kpe, 'mla kpe');
+    const [B, Tq, H, C] = ql0.shape as [number, number, number, number];
+    const R = lastDim(qp0);
     const S = c.shape[1]!;
-    if (ql.shape.length !== 4 || qp.shape.length !== 4 || c.shape.length !== 3 || kp.shape.length !== 3 || qp.shape[0] !== B || qp.shape[1] !== Tq
-      || qp.shape[2] !== H || c.shape[0] !== B || lastDim(c) !== C || kp.shape[0] !== B || kp.shape[1] !== S || lastDim(kp) !== R || kvLen > S
-      || ql.dtype !== qp.dtype || ql.dtype !== c.dtype || ql.dtype !== kp.dtype) {
-      throw new Error(`mlaLatentAttention: qLat ${shapeString(ql.shape)}, qPe ${shapeString(qp.shape)}, ckv ${shapeString(c.shape)}, kpe ${shapeString(kp.shape)}, kvLen ${kvLen}`);
+    if (ql0.shape.length !== 4 || qp0.shape.length !== 4 || c.shape.length !== 3 || kp0.shape.length !== 3 || qp0.shape[0] !== B || qp0.shape[1] !== Tq
+      || qp0.shape[2] !== H || c.shape[0] !== B || lastDim(c) !== C || kp0.shape[0] !== B || kp0.shape[1] !== S || lastDim(kp0) !== R || kvLen > S) {
+      throw new Error(`mlaLatentAttention: qLat ${shapeString(ql0.shape)}, qPe ${shapeString(qp0.shape)}, ckv ${shapeString(c.shape)}, kpe ${shapeString(kp0.shape)}, kvLen ${kvLen}`);
     }
-    const out = this.empty([B, Tq, H, C], ql.dtype);
-    ops.attention(this.ctx, floatKind(ql, 'mlaLatentAttention'), ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, out.ptr,
-      { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
+    const kind = floatKind(c, 'mla ckv');
+    const out = this.empty([B, Tq, H, C]);
+    this.withTemps((temps) => {
+      const ql = this.as(ql0, kind, temps), qp = this.as(qp0, kind, temps), kp = this.as(kp0, kind, temps);
+      let res = out.ptr;
+      if (kind !== out.dtype) {
+        res = this.ctx.alloc(ops.FLOAT_BYTES[kind] * out.numel);
+        temps.push(res);
+      }
+      ops.attention(this.ctx, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
+      if (res !== out.ptr) {
+        if (kind === 'f32') ops.castF32ToBf16(this.ctx, res, out.ptr, out.numel);
+        else ops.castBf16ToF32(this.ctx, res, out.ptr, out.numel);
+      }
+    });
     return out;
   }
 
   writeCache(dst: Tensor, src: Tensor, start: number): void {
-    const d = dev(dst, 'writeCache dst'), s = dev(src, 'writeCache src');
+    const d = dev(dst, 'writeCache dst'), s0 = dev(src, 'writeCache src');
     const [B, S, C] = d.shape as [number, number, number];
-    const T = s.shape[1]!;
-    if (d.shape.length !== 3 || s.shape.length !== 3 || s.shape[0] !== B || lastDim(s) !== C || start < 0 || start + T > S || s.dtype !== d.dtype) {
-      throw new Error(`writeCache: ${shapeString(s.shape)} at ${start} into ${shapeString(d.shape)}`);
+    const T = s0.shape[1]!;
+    if (d.shape.length !== 3 || s0.shape.length !== 3 || s0.shape[0] !== B || lastDim(s0) !== C || start < 0 || start + T > S) {
+      throw new Error(`writeCache: ${shapeString(s0.shape)} at ${start} into ${shapeString(d.shape)}`);
     }
+    const kind = floatKind(d, 'writeCache dst');
     const e = DTYPE_BYTES[d.dtype];
-    ops.copy2d(this.ctx, e, s.ptr, C, T * C, d.ptr + start * C * e, C, S * C, T, C, B);
+    this.written(d);
+    this.withTemps((temps) => ops.copy2d(this.ctx, e, this.as(s0, kind, temps).ptr, C, T * C, d.ptr + start * C * e, C, S * C, T, C, B));
   }
 
   // ---- mixture of experts -------------------------------------------------------------
@@ -377,28 +571,225 @@ export class CudaBackend implements CudaForwardOps {
   }
 
   moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation {
-    const xt = dev(x, 'moePermute x'), it = dev(indices, 'moePermute indices');
-    const [N, d] = xt.shape as [number, number];
+    const x0 = dev(x, 'moePermute x'), it = int32(dev(indices, 'moePermute indices'), 'moePermute indices');
+    const [N, d] = x0.shape as [number, number];
     const K = lastDim(it);
-    if (xt.shape.length !== 2 || it.dtype !== 'i32' || it.numel !== N * K) throw new Error(`moePermute: x ${shapeString(xt.shape)}, indices ${it.dtype}${shapeString(it.shape)}`);
-    const p = ops.moePermute(this.ctx, floatKind(xt, 'moePermute'), xt.ptr, it.ptr, N, K, d, numExperts);
-    return { rows: new CudaTensor([N * K, d], xt.dtype, p.rows, true), sourceSlot: new CudaTensor([N * K], 'i32', p.sourceSlot, true), counts: p.counts };
+    if (x0.shape.length !== 2 || it.numel !== N * K) throw new Error(`moePermute: x ${shapeString(x0.shape)}, indices ${shapeString(it.shape)}`);
+    const p = this.withTemps((temps) => ops.moePermute(this.ctx, this.floatDType, this.act(x0, temps).ptr, it.ptr, N, K, d, numExperts));
+    return { rows: this.adopt([N * K, d], this.floatDType, p.rows), sourceSlot: this.adopt([N * K], 'i32', p.sourceSlot), counts: p.counts };
   }
 
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor {
-    const y = dev(expertOut, 'moeUnpermute expertOut'), s = dev(sourceSlot, 'moeUnpermute sourceSlot'), w = dev(weights, 'moeUnpermute weights');
-    const [N, K] = w.shape as [number, number];
-    const d = lastDim(y);
-    if (w.shape.length !== 2 || y.numel !== N * K * d || s.numel !== N * K || s.dtype !== 'i32') {
-      throw new Error(`moeUnpermute: expertOut ${shapeString(y.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w.shape)}`);
+    const y0 = dev(expertOut, 'moeUnpermute expertOut'), s = int32(dev(sourceSlot, 'moeUnpermute sourceSlot'), 'moeUnpermute sourceSlot');
+    const w0 = dev(weights, 'moeUnpermute weights');
+    const [N, K] = w0.shape as [number, number];
+    const d = lastDim(y0);
+    if (w0.shape.length !== 2 || y0.numel !== N * K * d || s.numel !== N * K) {
+      throw new Error(`moeUnpermute: expertOut ${shapeString(y0.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w0.shape)}`);
     }
-    const out = this.empty([N, d], y.dtype);
-    ops.moeUnpermute(this.ctx, floatKind(y, 'moeUnpermute'), floatKind(w, 'moeUnpermute weights'), y.ptr, s.ptr, w.ptr, out.ptr, N, K, d);
+    const out = this.empty([N, d]);
+    this.withTemps((temps) => {
+      // BF16 rows take FP32 or BF16 weights; FP32 rows take FP32 weights.
+      const w = this.floatDType === 'f32' ? this.as(w0, 'f32', temps) : w0;
+      ops.moeUnpermute(this.ctx, this.floatDType, floatKind(w, 'moeUnpermute weights'), this.act(y0, temps).ptr, s.ptr, w.ptr, out.ptr, N, K, d);
+    });
     return out;
   }
 
-  /** Release the cuBLASLt plans and the context. */
+  // ---- backward passes ----------------------------------------------------------------
+
+  rmsNormBackwardInput(x: Tensor, w: Tensor, dy: Tensor, eps: number): Tensor {
+    const x0 = dev(x, 'rmsNormBackwardInput x'), w0 = dev(w, 'rmsNormBackwardInput w'), g0 = dev(dy, 'rmsNormBackwardInput dy');
+    const d = lastDim(x0);
+    if (!sameShape(x0, g0) || w0.numel !== d) throw new Error(`rmsNormBackwardInput: x ${shapeString(x0.shape)}, w ${shapeString(w0.shape)}, dy ${shapeString(g0.shape)}`);
+    const out = this.empty(x0.shape);
+    this.withTemps((temps) => {
+      ops.rmsNormBackwardInput(this.ctx, this.floatDType, this.act(x0, temps).ptr, this.as(w0, 'f32', temps).ptr, this.act(g0, temps).ptr, out.ptr, out.numel / d, d, eps);
+    });
+    return out;
+  }
+
+  rmsNormBackwardWeight(x: Tensor, dy: Tensor, eps: number, dw: Tensor): void {
+    const x0 = dev(x, 'rmsNormBackwardWeight x'), g0 = dev(dy, 'rmsNormBackwardWeight dy'), gw = dev(dw, 'rmsNormBackwardWeight dw');
+    const d = lastDim(x0);
+    if (!sameShape(x0, g0) || gw.numel !== d) throw new Error(`rmsNormBackwardWeight: x ${shapeString(x0.shape)}, dy ${shapeString(g0.shape)}, dw ${shapeString(gw.shape)}`);
+    const dwType = floatKind(gw, 'rmsNormBackwardWeight dw');
+    this.written(gw);
+    this.withTemps((temps) => {
+      ops.rmsNormBackwardWeight(this.ctx, this.floatDType, dwType, this.act(x0, temps).ptr, this.act(g0, temps).ptr, gw.ptr, x0.numel / d, d, eps);
+    });
+  }
+
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor): { dGate: Tensor; dUp: Tensor } {
+    const g0 = dev(gate, 'swigluBackward gate'), u0 = dev(up, 'swigluBackward up'), d0 = dev(dy, 'swigluBackward dy');
+    if (!sameShape(g0, u0) || !sameShape(g0, d0)) throw new Error(`swigluBackward: gate ${shapeString(g0.shape)}, up ${shapeString(u0.shape)}, dy ${shapeString(d0.shape)}`);
+    const dGate = this.empty(g0.shape), dUp = this.empty(g0.shape);
+    this.withTemps((temps) => {
+      ops.swigluBackward(this.ctx, this.floatDType, this.act(g0, temps).ptr, this.act(u0, temps).ptr, this.act(d0, temps).ptr, dGate.ptr, dUp.ptr, dGate.numel);
+    });
+    return { dGate, dUp };
+  }
+
+  /** dTable must be FP32 (gradients are; the kernel adds with FP32 atomics); dy may be either dtype. */
+  embeddingBackward(ids: Tensor, dy: Tensor, dTable: Tensor): void {
+    const i = int32(dev(ids, 'embeddingBackward ids'), 'embeddingBackward ids'), g = dev(dy, 'embeddingBackward dy'), t = dev(dTable, 'embeddingBackward dTable');
+    const [V, d] = t.shape as [number, number];
+    if (t.shape.length !== 2 || g.numel !== i.numel * d) throw new Error(`embeddingBackward: ids ${shapeString(i.shape)}, dy ${shapeString(g.shape)}, dTable ${shapeString(t.shape)}`);
+    if (t.dtype !== 'f32') throw new Error(`embeddingBackward: the table gradient must be FP32, got ${t.dtype}`);
+    this.written(t);
+    ops.embeddingBackward(this.ctx, floatKind(g, 'embeddingBackward dy'), i.ptr, g.ptr, t.ptr, i.numel, d, V);
+  }
+
+  addToCols(dst: Tensor, src: Tensor, start: number): void {
+    const d = dev(dst, 'addToCols dst'), s0 = dev(src, 'addToCols src');
+    const C = lastDim(d), W = lastDim(s0);
+    const M = d.numel / C;
+    if (s0.numel / W !== M || start < 0 || start + W > C) throw new Error(`addToCols: ${shapeString(s0.shape)} at ${start} into ${shapeString(d.shape)}`);
+    const kind = floatKind(d, 'addToCols dst');
+    this.written(d);
+    this.withTemps((temps) => ops.addToCols(this.ctx, kind, d.ptr, this.as(s0, kind, temps).ptr, M, C, W, start));
+  }
+
+  sumHeads(x: Tensor): Tensor {
+    const x0 = dev(x, 'sumHeads');
+    if (x0.shape.length !== 3) throw new Error(`sumHeads: ${shapeString(x0.shape)} is not [N, H, C]`);
+    const [N, H, C] = x0.shape as [number, number, number];
+    const out = this.empty([N, 1, C]);
+    this.withTemps((temps) => ops.sumHeads(this.ctx, this.floatDType, this.act(x0, temps).ptr, out.ptr, N, H, C));
+    return out;
+  }
+
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dOut: Tensor, scale: number, qStart: number): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const q0 = dev(q, 'attentionBackward q'), k0 = dev(k, 'attentionBackward k'), v0 = dev(v, 'attentionBackward v');
+    const o0 = dev(out, 'attentionBackward out'), g0 = dev(dOut, 'attentionBackward dOut');
+    const [B, Tq, H, Dk] = q0.shape as [number, number, number, number];
+    const [, Tk, , Dv] = v0.shape as [number, number, number, number];
+    if (q0.shape.length !== 4 || k0.shape.length !== 4 || v0.shape.length !== 4 || k0.shape[0] !== B || k0.shape[1] !== Tk || k0.shape[2] !== H
+      || k0.shape[3] !== Dk || v0.shape[0] !== B || v0.shape[2] !== H || !sameShape(o0, g0) || o0.numel !== B * Tq * H * Dv) {
+      throw new Error(`attentionBackward: q ${shapeString(q0.shape)}, k ${shapeString(k0.shape)}, v ${shapeString(v0.shape)}, out ${shapeString(o0.shape)}, dOut ${shapeString(g0.shape)}`);
+    }
+    return this.attentionBackwardSimple(q0, k0, v0, o0, g0, { B, Tq, Tk, H, Dk, Dv }, scale, qStart);
+  }
+
+  /** The plain kernel of attention-backward.cu: dq directly, dk and dv through FP32 atomics. */
+  private attentionBackwardSimple(q0: CudaTensor, k0: CudaTensor, v0: CudaTensor, o0: CudaTensor, g0: CudaTensor, s: ops.AttentionBackwardShape,
+    scale: number, qStart: number): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const dq = this.empty(q0.shape);
+    const dk32 = this.empty(k0.shape, 'f32'), dv32 = this.empty(v0.shape, 'f32');
+    this.withTemps((temps) => {
+      const qt = this.act(q0, temps), kt = this.act(k0, temps), vt = this.act(v0, temps), ot = this.act(o0, temps), gt = this.act(g0, temps);
+      ops.attentionBackward(this.ctx, this.floatDType, qt.ptr, kt.ptr, vt.ptr, ot.ptr, gt.ptr, dq.ptr, dk32.ptr, dv32.ptr, s, scale, qStart);
+    });
+    if (this.floatDType === 'f32') return { dq, dk: dk32, dv: dv32 };
+    const dk = this.empty(k0.shape), dv = this.empty(v0.shape);
+    ops.castF32ToBf16(this.ctx, dk32.ptr, dk.ptr, dk.numel);
+    ops.castF32ToBf16(this.ctx, dv32.ptr, dv.ptr, dv.numel);
+    this.free(dk32);
+    this.free(dv32);
+    return { dq, dk, dv };
+  }
+
+  /** dExpertOut in floatDType; dWeights FP32 like the gating weights. */
+  moeUnpermuteBackward(dy: Tensor, expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): { dExpertOut: Tensor; dWeights: Tensor } {
+    const g0 = dev(dy, 'moeUnpermuteBackward dy'), y0 = dev(expertOut, 'moeUnpermuteBackward expertOut');
+    const s = int32(dev(sourceSlot, 'moeUnpermuteBackward sourceSlot'), 'moeUnpermuteBackward sourceSlot'), w0 = dev(weights, 'moeUnpermuteBackward weights');
+    const [N, K] = w0.shape as [number, number];
+    const d = lastDim(y0);
+    if (w0.shape.length !== 2 || y0.numel !== N * K * d || s.numel !== N * K || g0.numel !== N * d) {
+      throw new Error(`moeUnpermuteBackward: dy ${shapeString(g0.shape)}, expertOut ${shapeString(y0.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w0.shape)}`);
+    }
+    const dExpertOut = this.empty(y0.shape), dWeights = this.empty([N, K], 'f32');
+    this.withTemps((temps) => {
+      ops.moeUnpermuteBackward(this.ctx, this.floatDType, this.act(g0, temps).ptr, this.act(y0, temps).ptr, s.ptr, this.as(w0, 'f32', temps).ptr,
+        dExpertOut.ptr, dWeights.ptr, N, K, d);
+    });
+    return { dExpertOut, dWeights };
+  }
+
+  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number): Tensor {
+    const r0 = dev(dRows, 'moePermuteBackward dRows'), s = int32(dev(sourceSlot, 'moePermuteBackward sourceSlot'), 'moePermuteBackward sourceSlot');
+    const d = lastDim(r0);
+    const K = numTokens > 0 ? s.numel / numTokens : 0;
+    if (!Number.isInteger(K) || r0.numel !== s.numel * d || (numTokens === 0 && s.numel !== 0)) {
+      throw new Error(`moePermuteBackward: dRows ${shapeString(r0.shape)}, sourceSlot ${shapeString(s.shape)} for ${numTokens} tokens`);
+    }
+    const out = this.empty([numTokens, d]);
+    this.withTemps((temps) => ops.moePermuteBackward(this.ctx, this.floatDType, this.act(r0, temps).ptr, s.ptr, out.ptr, numTokens, K, d));
+    return out;
+  }
+
+  routerBackward(logits: Tensor, route: RouterOutput, dWeights: Tensor, dScores: Tensor | null, cfg: RouterConfig): Tensor {
+    const l = dev(logits, 'routerBackward logits'), sc0 = dev(route.scores, 'routerBackward scores');
+    const idx = int32(dev(route.indices, 'routerBackward indices'), 'routerBackward indices'), dw0 = dev(dWeights, 'routerBackward dWeights');
+    const ds0 = dScores ? dev(dScores, 'routerBackward dScores') : null;
+    const [N, E] = l.shape as [number, number];
+    const K = cfg.topK;
+    if (l.shape.length !== 2 || sc0.numel !== N * E || idx.numel !== N * K || dw0.numel !== N * K || (ds0 && ds0.numel !== N * E)) {
+      throw new Error(`routerBackward: logits ${shapeString(l.shape)}, scores ${shapeString(sc0.shape)}, indices ${shapeString(idx.shape)}, dWeights ${shapeString(dw0.shape)}`);
+    }
+    const out = this.empty([N, E]);
+    this.withTemps((temps) => {
+      const ds = ds0 ? this.as(ds0, 'f32', temps).ptr : 0;
+      ops.routerBackward(this.ctx, this.floatDType, this.as(sc0, 'f32', temps).ptr, idx.ptr, this.as(dw0, 'f32', temps).ptr, ds, out.ptr, N, E, cfg);
+    });
+    return out;
+  }
+
+  /** dScores is FP32 like the scores. */
+  sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor } {
+    const sc0 = dev(route.scores, 'sequenceBalanceLoss scores'), idx = int32(dev(route.indices, 'sequenceBalanceLoss indices'), 'sequenceBalanceLoss indices');
+    const [N, E] = sc0.shape as [number, number];
+    const K = lastDim(idx);
+    if (sc0.shape.length !== 2 || N !== batch * seq || idx.numel !== N * K) throw new Error(`sequenceBalanceLoss: ${N} tokens for ${batch}×${seq}`);
+    const dScores = this.empty([N, E], 'f32');
+    const loss = this.withTemps((temps) => ops.sequenceBalanceLoss(this.ctx, this.as(sc0, 'f32', temps).ptr, idx.ptr, dScores.ptr, batch, seq, E, K, alpha));
+    return { loss, dScores };
+  }
+
+  // ---- losses and optimisation --------------------------------------------------------
+
+  crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor } {
+    const l0 = dev(logits, 'crossEntropy logits'), t = int32(dev(targets, 'crossEntropy targets'), 'crossEntropy targets');
+    if (l0.shape.length !== 2) throw new Error(`crossEntropy: logits ${shapeString(l0.shape)} are not [M, V]`);
+    const [M, V] = l0.shape as [number, number];
+    if (t.numel !== M) throw new Error(`crossEntropy: ${t.numel} targets for ${M} rows`);
+    const dLogits = this.empty([M, V]);
+    const r = this.withTemps((temps) => ops.crossEntropy(this.ctx, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale));
+    if (r.invalid > 0) {
+      this.free(dLogits);
+      throw new Error(`crossEntropy: ${r.invalid} target(s) outside the vocabulary of ${V}`);
+    }
+    return { lossSum: r.lossSum, count: r.count, dLogits };
+  }
+
+  sumSquares(x: Tensor): number {
+    const t = dev(x, 'sumSquares');
+    return ops.sumSquares(this.ctx, floatKind(t, 'sumSquares'), t.ptr, t.numel);
+  }
+
+  scaleInPlace(x: Tensor, alpha: number): void {
+    const t = dev(x, 'scaleInPlace');
+    const kind = floatKind(t, 'scaleInPlace');
+    this.written(t);
+    ops.scale(this.ctx, kind, t.ptr, alpha, t.numel);
+  }
+
+  /** param, m and v must be FP32 (master weights and moments); a BF16 grad is converted. */
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
+    const p = dev(param, 'adamw param'), g0 = dev(grad, 'adamw grad'), mt = dev(m, 'adamw m'), vt = dev(v, 'adamw v');
+    if (!sameShape(p, g0) || !sameShape(p, mt) || !sameShape(p, vt)) {
+      throw new Error(`adamw: param ${shapeString(p.shape)}, grad ${shapeString(g0.shape)}, m ${shapeString(mt.shape)}, v ${shapeString(vt.shape)}`);
+    }
+    for (const [t, what] of [[p, 'param'], [mt, 'm'], [vt, 'v']] as const) {
+      if (t.dtype !== 'f32') throw new Error(`adamw: ${what} must be FP32 (master weights and moments), got ${t.dtype}`);
+    }
+    this.written(p);
+    this.withTemps((temps) => ops.adamw(this.ctx, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, p.numel, h));
+  }
+
+  /** Free every live tensor, release the GEMM plans and the context. */
   dispose(): void {
+    for (const t of [...this.live.values()]) this.free(t);
     this.ctx.synchronize();
     this.matmul.dispose();
     this.ctx.dispose();

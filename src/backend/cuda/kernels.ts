@@ -16,6 +16,10 @@ const P = 'ptr', I = 'i32', F = 'f32', L = 'i64';
 // q1, q2, k1, k2, v, out; B, Tq, Tk, S, H, Hk, D1, D2, Dv; scale; qStart
 const ATTENTION: KernelSpec = { file: 'attention.cu', args: [P, P, P, P, P, P, I, I, I, I, I, I, I, I, I, F, I] };
 const ROUTER: KernelSpec = { file: 'router.cu', args: [P, P, P, P, P, I, I, I, I, I, I, I, I, I, F] };
+// q, k, v, out, dOut, dq, dk, dv; B, Tq, Tk, H, Dk, Dv; scale; qStart
+const ATTENTION_BWD: KernelSpec = { file: 'attention-backward.cu', args: [P, P, P, P, P, P, P, P, I, I, I, I, I, I, F, I] };
+// scores, indices, dWeights, dScores, dLogits; N, E, K, normTopk, softmaxScoring; scaling
+const ROUTER_BWD: KernelSpec = { file: 'router-backward.cu', args: [P, P, P, P, P, I, I, I, I, I, F] };
 
 export const KERNELS = {
   add_bf16: { file: 'elementwise.cu', args: [P, P, P, L] },
@@ -49,6 +53,44 @@ export const KERNELS = {
   moe_combine_f32_f32w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
   attention_fwd_bf16: ATTENTION,
   attention_fwd_f32: ATTENTION,
+
+  // training: mixed-type forward variants, backward passes, losses, reductions, optimizer
+  rmsnorm_bf16_f32w: { file: 'rmsnorm.cu', args: [P, P, P, I, I, F] },
+  embedding_f32_to_bf16: { file: 'embedding.cu', args: [P, P, P, I, I, I] },
+  scale_bf16: { file: 'elementwise.cu', args: [P, F, L] },
+  scale_f32: { file: 'elementwise.cu', args: [P, F, L] },
+  rmsnorm_bwd_input_bf16: { file: 'rmsnorm-backward.cu', args: [P, P, P, P, I, I, F] },
+  rmsnorm_bwd_input_f32: { file: 'rmsnorm-backward.cu', args: [P, P, P, P, I, I, F] },
+  rms_inv_bf16: { file: 'rmsnorm-backward.cu', args: [P, P, I, I, F] },
+  rms_inv_f32: { file: 'rmsnorm-backward.cu', args: [P, P, I, I, F] },
+  rmsnorm_bwd_weight_partial_bf16: { file: 'rmsnorm-backward.cu', args: [P, P, P, P, I, I, I] },
+  rmsnorm_bwd_weight_partial_f32: { file: 'rmsnorm-backward.cu', args: [P, P, P, P, I, I, I] },
+  column_sum_add_f32: { file: 'rmsnorm-backward.cu', args: [P, I, I, P] },
+  column_sum_add_bf16: { file: 'rmsnorm-backward.cu', args: [P, I, I, P] },
+  swiglu_bwd_bf16: { file: 'swiglu-backward.cu', args: [P, P, P, P, P, L] },
+  swiglu_bwd_f32: { file: 'swiglu-backward.cu', args: [P, P, P, P, P, L] },
+  embedding_bwd_bf16: { file: 'embedding-backward.cu', args: [P, P, P, I, I, I] },
+  embedding_bwd_f32: { file: 'embedding-backward.cu', args: [P, P, P, I, I, I] },
+  add_to_cols_bf16: { file: 'columns-backward.cu', args: [P, P, I, I, I, I] },
+  add_to_cols_f32: { file: 'columns-backward.cu', args: [P, P, I, I, I, I] },
+  sum_heads_bf16: { file: 'columns-backward.cu', args: [P, P, I, I, I] },
+  sum_heads_f32: { file: 'columns-backward.cu', args: [P, P, I, I, I] },
+  attention_bwd_bf16: ATTENTION_BWD,
+  attention_bwd_f32: ATTENTION_BWD,
+  moe_unpermute_bwd_bf16: { file: 'moe-backward.cu', args: [P, P, P, P, P, P, I, I, I] },
+  moe_unpermute_bwd_f32: { file: 'moe-backward.cu', args: [P, P, P, P, P, P, I, I, I] },
+  moe_permute_bwd_bf16: { file: 'moe-backward.cu', args: [P, P, P, I, I, I] },
+  moe_permute_bwd_f32: { file: 'moe-backward.cu', args: [P, P, P, I, I, I] },
+  router_bwd_bf16: ROUTER_BWD,
+  router_bwd_f32: ROUTER_BWD,
+  sequence_balance_loss: { file: 'router-backward.cu', args: [P, P, P, P, I, I, I, I, F] },
+  cross_entropy_bf16: { file: 'loss.cu', args: [P, P, P, P, I, I, F] },
+  cross_entropy_f32: { file: 'loss.cu', args: [P, P, P, P, I, I, F] },
+  sum_squares_bf16: { file: 'reduce.cu', args: [P, L, P] },
+  sum_squares_f32: { file: 'reduce.cu', args: [P, L, P] },
+  sum_f64: { file: 'reduce.cu', args: [P, I, P] },
+  sum_rows_f32_to_f64: { file: 'reduce.cu', args: [P, I, L, P] },
+  adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, L, F, F, F, F, F, F, F, F, F, I] },
 } as const satisfies Record<string, KernelSpec>;
 
 export type KernelName = keyof typeof KERNELS;

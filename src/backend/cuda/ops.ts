@@ -4,7 +4,7 @@
 
 import type { CudaContext } from './context.js';
 import { kernel } from './kernels.js';
-import type { RouterConfig } from '../backend.js';
+import type { AdamWHyper, RouterConfig } from '../backend.js';
 
 /** Storage type of a float buffer. */
 export type FloatKind = 'bf16' | 'f32';
@@ -216,4 +216,224 @@ export function attention(ctx: CudaContext, t: FloatKind, q1: number, q2: number
     fn.setMaxDynamicSharedBytes(shared);
   }
   fn.launch(ctx.stream, Math.ceil(rows / warps), warps * 32, shared, [q1, q2, k1, k2, v, out, s.B, s.Tq, s.Tk, s.S, s.H, s.Hk, s.D1, s.D2, s.Dv, scale, qStart]);
+}
+
+// ---- training: backward passes, losses, optimizer ------------------------------------
+
+/** y[rows, d] = x · w / sqrt(mean(x²) + eps) for BF16 x and y with an FP32 weight w (master weights). */
+export function rmsNormF32Weight(ctx: CudaContext, x: number, w: number, y: number, rows: number, d: number, eps: number): void {
+  if (rows === 0 || d === 0) return;
+  kernel(ctx, 'rmsnorm_bf16_f32w').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), rowThreads(d, vec('bf16'), 1024), 0, [x, w, y, rows, d, eps]);
+}
+
+/** y[n, d] (BF16) = table[ids[n], :] from an FP32 table [vocab, d]. */
+export function embeddingF32ToBf16(ctx: CudaContext, table: number, ids: number, y: number, n: number, d: number, vocab: number): void {
+  if (n === 0 || d === 0) return;
+  kernel(ctx, 'embedding_f32_to_bf16').launch(ctx.stream, Math.min(n, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [table, ids, y, n, d, vocab]);
+}
+
+/** x *= alpha over n elements, in place. */
+export function scale(ctx: CudaContext, t: FloatKind, x: number, alpha: number, n: number): void {
+  if (n === 0) return;
+  kernel(ctx, t === 'bf16' ? 'scale_bf16' : 'scale_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [x, alpha, n]);
+}
+
+/** dx [rows, d] of RMSNorm from x, dy [rows, d] (type t) and the FP32 weight w [d]. */
+export function rmsNormBackwardInput(ctx: CudaContext, t: FloatKind, x: number, w: number, dy: number, dx: number, rows: number, d: number, eps: number): void {
+  if (rows === 0 || d === 0) return;
+  kernel(ctx, t === 'bf16' ? 'rmsnorm_bwd_input_bf16' : 'rmsnorm_bwd_input_f32')
+    .launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), rowThreads(d, 1, 1024), 0, [x, w, dy, dx, rows, d, eps]);
+}
+
+/**
+ * dw[d] += Σ_rows dy · x / rms(x) (x, dy [rows, d] of type t; dw of type dwType), summed in a fixed
+ * order: per-row 1/rms, per-chunk column sums, then the chunks in order.
+ */
+export function rmsNormBackwardWeight(ctx: CudaContext, t: FloatKind, dwType: FloatKind, x: number, dy: number, dw: number, rows: number, d: number, eps: number): void {
+  if (rows === 0 || d === 0) return;
+  const rowsPerChunk = Math.max(32, Math.ceil(rows / 1024));
+  const chunks = Math.ceil(rows / rowsPerChunk);
+  const rinv = ctx.alloc(4 * rows);
+  const partial = ctx.alloc(4 * chunks * d);
+  kernel(ctx, t === 'bf16' ? 'rms_inv_bf16' : 'rms_inv_f32').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), rowThreads(d, 1, 1024), 0, [x, rinv, rows, d, eps]);
+  kernel(ctx, t === 'bf16' ? 'rmsnorm_bwd_weight_partial_bf16' : 'rmsnorm_bwd_weight_partial_f32')
+    .launch(ctx.stream, [Math.ceil(d / BLOCK), chunks], BLOCK, 0, [x, dy, rinv, partial, rows, d, rowsPerChunk]);
+  kernel(ctx, dwType === 'bf16' ? 'column_sum_add_bf16' : 'column_sum_add_f32').launch(ctx.stream, Math.ceil(d / BLOCK), BLOCK, 0, [partial, chunks, d, dw]);
+  ctx.free(rinv);
+  ctx.free(partial);
+}
+
+/** dGate, dUp [n] of y = silu(gate) · up from dy [n]. */
+export function swigluBackward(ctx: CudaContext, t: FloatKind, gate: number, up: number, dy: number, dGate: number, dUp: number, n: number): void {
+  if (n === 0) return;
+  kernel(ctx, t === 'bf16' ? 'swiglu_bwd_bf16' : 'swiglu_bwd_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [gate, up, dy, dGate, dUp, n]);
+}
+
+/** dTable[ids[i], :] += dy[i, :] (dy [n, d] of type t, dTable [vocab, d] FP32; atomicAdd). */
+export function embeddingBackward(ctx: CudaContext, t: FloatKind, ids: number, dy: number, dTable: number, n: number, d: number, vocab: number): void {
+  if (n === 0 || d === 0) return;
+  kernel(ctx, t === 'bf16' ? 'embedding_bwd_bf16' : 'embedding_bwd_f32').launch(ctx.stream, Math.min(n, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [ids, dy, dTable, n, d, vocab]);
+}
+
+/** dst[r, start + c] += src[r, c]: dst [M, C], src [M, W], one type. */
+export function addToCols(ctx: CudaContext, t: FloatKind, dst: number, src: number, M: number, C: number, W: number, start: number): void {
+  if (start < 0 || start + W > C) throw new Error(`addToCols: columns [${start}, ${start + W}) of ${C}`);
+  if (M === 0 || W === 0) return;
+  kernel(ctx, t === 'bf16' ? 'add_to_cols_bf16' : 'add_to_cols_f32').launch(ctx.stream, gridFor(ctx, M * W, 1), BLOCK, 0, [dst, src, M, C, W, start]);
+}
+
+/** y[n, c] = Σ_h x[n, h, c]: x [N, H, C] → y [N, C]. */
+export function sumHeads(ctx: CudaContext, t: FloatKind, x: number, y: number, N: number, H: number, C: number): void {
+  if (N === 0 || C === 0) return;
+  kernel(ctx, t === 'bf16' ? 'sum_heads_bf16' : 'sum_heads_f32').launch(ctx.stream, gridFor(ctx, N * C, 1), BLOCK, 0, [x, y, N, H, C]);
+}
+
+export interface AttentionBackwardShape {
+  B: number;
+  Tq: number;
+  Tk: number;
+  H: number;
+  Dk: number;
+  Dv: number;
+}
+
+/**
+ * Causal attention backward (attention-backward.cu): q, out, dOut, dq of type t; dk, dv FP32
+ * accumulators that this function zeroes first (atomicAdd targets).
+ */
+export function attentionBackward(ctx: CudaContext, t: FloatKind, q: number, k: number, v: number, out: number, dOut: number, dq: number, dk: number, dv: number,
+  s: AttentionBackwardShape, scale: number, qStart: number): void {
+  if (s.Dk > 512 || s.Dv > 512) throw new Error(`attentionBackward: head widths ${s.Dk}/${s.Dv} (the kernel handles at most 512)`);
+  ctx.memset8(dk, 0, 4 * s.B * s.Tk * s.H * s.Dk);
+  ctx.memset8(dv, 0, 4 * s.B * s.Tk * s.H * s.Dv);
+  const rows = s.B * s.Tq * s.H;
+  if (rows === 0) return;
+  const warps = 4;
+  const shared = warps * (s.Dk + s.Dv) * 4;
+  const fn = kernel(ctx, t === 'bf16' ? 'attention_bwd_bf16' : 'attention_bwd_f32');
+  if (shared > 48 * 1024) {
+    if (shared > ctx.maxSharedMemoryPerBlockOptin) throw new Error(`attentionBackward: head widths ${s.Dk}/${s.Dv} need ${shared} bytes of shared memory`);
+    fn.setMaxDynamicSharedBytes(shared);
+  }
+  fn.launch(ctx.stream, Math.ceil(rows / warps), warps * 32, shared, [q, k, v, out, dOut, dq, dk, dv, s.B, s.Tq, s.Tk, s.H, s.Dk, s.Dv, scale, qStart]);
+}
+
+/**
+ * Backward of moeUnpermute: dy [N, d], expertOut [N·K, d] (type t), sourceSlot [N·K], weights
+ * [N, K] FP32 → dExpertOut [N·K, d] (type t), dWeights [N, K] FP32.
+ */
+export function moeUnpermuteBackward(ctx: CudaContext, t: FloatKind, dy: number, expertOut: number, sourceSlot: number, weights: number, dExpertOut: number,
+  dWeights: number, N: number, K: number, d: number): void {
+  const nk = N * K;
+  if (nk === 0) return;
+  kernel(ctx, t === 'bf16' ? 'moe_unpermute_bwd_bf16' : 'moe_unpermute_bwd_f32')
+    .launch(ctx.stream, Math.min(nk, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dy, expertOut, sourceSlot, weights, dExpertOut, dWeights, nk, K, d]);
+}
+
+/** Backward of moePermute: dRows [N·K, d] → dx [N, d], each token's K rows summed in slot order. */
+export function moePermuteBackward(ctx: CudaContext, t: FloatKind, dRows: number, sourceSlot: number, dx: number, N: number, K: number, d: number): void {
+  const nk = N * K;
+  if (N === 0 || d === 0) return;
+  if (K === 0) {
+    ctx.memset8(dx, 0, FLOAT_BYTES[t] * N * d);
+    return;
+  }
+  const rowOfSlot = ctx.alloc(4 * nk);
+  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nk / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nk, rowOfSlot]);
+  kernel(ctx, t === 'bf16' ? 'moe_permute_bwd_bf16' : 'moe_permute_bwd_f32').launch(ctx.stream, Math.min(N, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dRows, rowOfSlot, dx, N, K, d]);
+  ctx.free(rowOfSlot);
+}
+
+/**
+ * Router backward (router-backward.cu): scores [N, E] FP32, indices [N, K] i32, dWeights [N, K]
+ * FP32, dScores [N, E] FP32 or 0 → dLogits [N, E] of type t.
+ */
+export function routerBackward(ctx: CudaContext, t: FloatKind, scores: number, indices: number, dWeights: number, dScores: number, dLogits: number,
+  N: number, E: number, cfg: RouterConfig): void {
+  const K = cfg.topK;
+  if (E > 1024) throw new Error(`routerBackward: ${E} experts (the kernel handles at most 1024)`);
+  if (K < 1 || K > 32 || K > E) throw new Error(`routerBackward: top-${K} of ${E} experts (K must be in [1, min(32, E)])`);
+  if (N === 0) return;
+  const warps = 4;
+  kernel(ctx, t === 'bf16' ? 'router_bwd_bf16' : 'router_bwd_f32').launch(ctx.stream, Math.ceil(N / warps), warps * 32, warps * E * 4, [
+    scores, indices, dWeights, dScores, dLogits, N, E, K, cfg.normTopkProb ? 1 : 0, cfg.scoring === 'softmax' ? 1 : 0, cfg.routedScalingFactor,
+  ]);
+}
+
+/** Σ_{c<cols} x[r·cols + c] for r < rows (FP32 in, FP64 sums), downloaded. */
+export function sumRows(ctx: CudaContext, x: number, rows: number, cols: number): Float64Array {
+  const out = new Float64Array(rows);
+  if (rows === 0) return out;
+  const sums = ctx.alloc(8 * rows);
+  try {
+    kernel(ctx, 'sum_rows_f32_to_f64').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), 1024, 0, [x, rows, cols, sums]);
+    ctx.copyToHost(out, sums);
+  } finally {
+    ctx.free(sums);
+  }
+  return out;
+}
+
+/**
+ * Sequence-wise balance loss (router-backward.cu) of `batch` sequences of `seq` tokens: scores
+ * [N, E] FP32, indices [N, K] → dScores [N, E] FP32 (written) and the loss (downloaded).
+ */
+export function sequenceBalanceLoss(ctx: CudaContext, scores: number, indices: number, dScores: number, batch: number, seq: number, E: number, K: number,
+  alpha: number): number {
+  if (E > 8192) throw new Error(`sequenceBalanceLoss: ${E} experts (at most 8192)`);
+  if (batch === 0 || seq === 0) return 0;
+  const lossPerSeq = ctx.alloc(4 * batch);
+  try {
+    kernel(ctx, 'sequence_balance_loss').launch(ctx.stream, batch, 256, 4 * E, [scores, indices, dScores, lossPerSeq, batch, seq, E, K, alpha]);
+    return sumRows(ctx, lossPerSeq, 1, batch)[0]!;
+  } finally {
+    ctx.free(lossPerSeq);
+  }
+}
+
+/**
+ * Fused cross-entropy (loss.cu): logits [M, V] of type t, targets [M] i32 (< 0: none) → dLogits
+ * [M, V] of type t, and the summed loss, the number of rows with a target and the number of
+ * targets ≥ V (downloaded).
+ */
+export function crossEntropy(ctx: CudaContext, t: FloatKind, logits: number, targets: number, dLogits: number, M: number, V: number,
+  scale: number): { lossSum: number; count: number; invalid: number } {
+  if (M === 0) return { lossSum: 0, count: 0, invalid: 0 };
+  const rowStats = ctx.alloc(4 * 3 * M);
+  try {
+    kernel(ctx, t === 'bf16' ? 'cross_entropy_bf16' : 'cross_entropy_f32')
+      .launch(ctx.stream, Math.min(M, 2 ** 31 - 1), rowThreads(V, 4, 1024), 0, [logits, targets, dLogits, rowStats, M, V, scale]);
+    const [lossSum, count, invalid] = sumRows(ctx, rowStats, 3, M);
+    return { lossSum: lossSum!, count: count!, invalid: invalid! };
+  } finally {
+    ctx.free(rowStats);
+  }
+}
+
+/** Σ x² over n elements of type t, accumulated in FP64 in a fixed order, downloaded. */
+export function sumSquares(ctx: CudaContext, t: FloatKind, x: number, n: number): number {
+  if (n === 0) return 0;
+  const blocks = Math.max(1, Math.min(Math.ceil(n / (BLOCK * 8)), 1024));
+  const partial = ctx.alloc(8 * blocks);
+  const total = ctx.alloc(8);
+  try {
+    kernel(ctx, t === 'bf16' ? 'sum_squares_bf16' : 'sum_squares_f32').launch(ctx.stream, blocks, BLOCK, 0, [x, n, partial]);
+    kernel(ctx, 'sum_f64').launch(ctx.stream, 1, 1024, 0, [partial, blocks, total]);
+    const out = new Float64Array(1);
+    ctx.copyToHost(out, total);
+    return out[0]!;
+  } finally {
+    ctx.free(partial);
+    ctx.free(total);
+  }
+}
+
+/** AdamW in place on n FP32 elements: param p, gradient g, moments m and v (optimizer.cu). */
+export function adamw(ctx: CudaContext, p: number, g: number, m: number, v: number, n: number, h: AdamWHyper): void {
+  if (n === 0) return;
+  const c1 = 1 - Math.pow(h.beta1, h.step);
+  const c2 = 1 - Math.pow(h.beta2, h.step);
+  kernel(ctx, 'adamw_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [
+    p, g, m, v, n, h.lr, h.beta1, h.beta2, 1 - h.beta1, 1 - h.beta2, c1, c2, 1 - h.lr * h.weightDecay, h.eps, h.momentsBf16 ? 1 : 0,
+  ]);
 }

@@ -103,7 +103,9 @@ test('architecture names: sm_90a on Hopper, sm_XY elsewhere', () => {
 test('kernel sources are found from the compiled code, and the cache folder follows the environment', () => {
   assert.equal(kernelDir(), join(repoRoot, 'src', 'backend', 'cuda', 'kernels'));
   const files = kernelSourceFiles();
-  for (const f of ['elementwise.cu', 'rmsnorm.cu', 'swiglu.cu', 'embedding.cu', 'rope.cu', 'columns.cu', 'router.cu', 'moe.cu', 'attention.cu']) assert.ok(files.includes(f), f);
+  for (const f of ['elementwise.cu', 'rmsnorm.cu', 'swiglu.cu', 'embedding.cu', 'rope.cu', 'columns.cu', 'router.cu', 'moe.cu', 'attention.cu', 'rmsnorm-backward.cu',
+    'swiglu-backward.cu', 'embedding-backward.cu', 'columns-backward.cu', 'attention-backward.cu', 'moe-backward.cu', 'router-backward.cu', 'loss.cu',
+    'reduce.cu', 'optimizer.cu']) assert.ok(files.includes(f), f);
   assert.equal(defaultCacheDir({ DSV3_CACHE_DIR: '/x/y' }), join('/x/y', 'kernels'));
   assert.equal(defaultCacheDir({ XDG_CACHE_HOME: '/c' }), join('/c', 'dsv3', 'kernels'));
   assert.match(defaultCacheDir({}), /\.cache\/dsv3\/kernels$/);

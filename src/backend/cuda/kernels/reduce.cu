@@ -1,0 +1,56 @@
+// Reductions whose answer goes to the host as one number, accumulated in FP64 and in a fixed
+// order (the same inputs give the same bits every run):
+//   sum_squares_{bf16,f32}  partial[block] = Σ x² over a grid-stride share of x (FP64)
+//   sum_f64                 out[0] = Σ_{i<n} x[i] (FP64 in), one block
+//   sum_rows_f32_to_f64     out[r] = Σ_{c<cols} x[r·cols + c] (FP32 in, FP64 sums), one block per row
+// blockDim.x is a multiple of 32 (at most 1024).
+#include "common.cuh"
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+
+/** Sum over the block in FP64; every thread gets the total. */
+__device__ __forceinline__ double block_sum_f64(double v) {
+  __shared__ double partialF64[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_sum_f64(v);
+  __syncthreads();  // an earlier call may still be reading partialF64
+  if (lane == 0) partialF64[warp] = v;
+  __syncthreads();
+  return warp_sum_f64(lane < warps ? partialF64[lane] : 0.0);
+}
+
+template <typename T>
+__device__ __forceinline__ void sum_squares_impl(const T* __restrict__ x, i64 n, double* __restrict__ partial) {
+  const i64 stride = (i64)gridDim.x * blockDim.x;
+  double s = 0.0;
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+    const double v = (double)to_float(x[i]);
+    s += v * v;
+  }
+  s = block_sum_f64(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+extern "C" __global__ void sum_squares_bf16(const bf16* x, i64 n, double* partial) { sum_squares_impl(x, n, partial); }
+extern "C" __global__ void sum_squares_f32(const float* x, i64 n, double* partial) { sum_squares_impl(x, n, partial); }
+
+extern "C" __global__ void sum_f64(const double* x, int n, double* out) {
+  double s = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  s = block_sum_f64(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+extern "C" __global__ void sum_rows_f32_to_f64(const float* x, int rows, i64 cols, double* out) {
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* xr = x + (i64)r * cols;
+    double s = 0.0;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += (double)xr[c];
+    s = block_sum_f64(s);
+    if (threadIdx.x == 0) out[r] = s;
+  }
+}

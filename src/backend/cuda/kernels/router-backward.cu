@@ -1,0 +1,112 @@
+// Router backward and the sequence-wise balance loss (Backend.routerBackward, sequenceBalanceLoss;
+// SPEC §3). Scores s [N, E] are the unbiased affinities routerTopK wrote (FP32); the correction
+// bias only selects experts, so no gradient flows through the choice.
+//
+// router_bwd, one warp per token, ds [E] in shared memory:
+//   ds = dScores (the balance loss's gradient, or 0)
+//   ds[idx_k] += rsf · (g_k / S − Σ_k g_k s_k / S²),  S = Σ_k s_{idx_k} + 1e-20   (normTopk)
+//   ds[idx_k] += rsf · g_k                                                       (otherwise)
+//   dLogits = ds · s · (1 − s)           (sigmoid scoring)
+//   dLogits = s · (ds − Σ_e ds·s)        (softmax scoring)
+// The K chosen experts of a token are distinct, so lane k < K updates ds[idx_k] alone.
+// Dynamic shared memory: E floats per warp. K ≤ 32.
+//
+// sequence_balance_loss, one block per sequence b of `seq` tokens n = b·seq + t:
+//   f_e = E / (K·seq) · #{(t, k): idx[t, k] = e}                    (shared memory, E floats)
+//   loss_b = α / (batch·seq) · Σ_t (Σ_e f_e s_te) / Z_t,  Z_t = Σ_e s_te
+//   dScores[t, e] = α / (batch·seq·Z_t) · (f_e − (Σ_e' f_e' s_te') / Z_t)
+// (f counts choices, so it has no gradient). lossPerSeq[b] = loss_b; the host sums over b.
+#include "common.cuh"
+
+template <typename T>
+__device__ __forceinline__ void router_bwd_impl(const float* __restrict__ scores, const int* __restrict__ indices, const float* __restrict__ dWeights,
+                                                const float* __restrict__ dScores, T* __restrict__ dLogits, int N, int E, int K, int normTopk,
+                                                int softmaxScoring, float scaling) {
+  extern __shared__ float routerBwdShared[];
+  const int warpsPerBlock = blockDim.x >> 5;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * warpsPerBlock + warp;
+  if (n >= N) return;  // the whole warp leaves together; no block-wide barrier follows
+  float* ds = routerBwdShared + warp * E;
+  const float* s = scores + (i64)n * E;
+  for (int e = lane; e < E; e += 32) ds[e] = dScores ? dScores[(i64)n * E + e] : 0.0f;
+  __syncwarp();
+
+  int idx = -1;
+  float g = 0.0f, sk = 0.0f;
+  if (lane < K) {
+    idx = indices[(i64)n * K + lane];
+    g = dWeights[(i64)n * K + lane];
+    if (idx >= 0 && idx < E) sk = s[idx];
+    else idx = -1;
+  }
+  float add;
+  if (normTopk) {
+    const float S = warp_sum(sk) + 1e-20f;
+    const float gs = warp_sum(g * sk);
+    add = scaling * (g / S - gs / (S * S));
+  } else {
+    add = scaling * g;
+  }
+  if (idx >= 0) ds[idx] += add;
+  __syncwarp();
+
+  T* out = dLogits + (i64)n * E;
+  if (softmaxScoring) {
+    float dot = 0.0f;
+    for (int e = lane; e < E; e += 32) dot = fmaf(ds[e], s[e], dot);
+    dot = warp_sum(dot);
+    for (int e = lane; e < E; e += 32) out[e] = from_float<T>(s[e] * (ds[e] - dot));
+  } else {
+    for (int e = lane; e < E; e += 32) out[e] = from_float<T>(ds[e] * s[e] * (1.0f - s[e]));
+  }
+}
+
+#define ROUTER_BWD_ARGS int N, int E, int K, int normTopk, int softmaxScoring, float scaling
+#define ROUTER_BWD_PASS N, E, K, normTopk, softmaxScoring, scaling
+
+extern "C" __global__ void router_bwd_bf16(const float* scores, const int* indices, const float* dWeights, const float* dScores, bf16* dLogits, ROUTER_BWD_ARGS) {
+  router_bwd_impl(scores, indices, dWeights, dScores, dLogits, ROUTER_BWD_PASS);
+}
+extern "C" __global__ void router_bwd_f32(const float* scores, const int* indices, const float* dWeights, const float* dScores, float* dLogits, ROUTER_BWD_ARGS) {
+  router_bwd_impl(scores, indices, dWeights, dScores, dLogits, ROUTER_BWD_PASS);
+}
+
+/** Grid = batch blocks; blockDim.x a multiple of 32; dynamic shared memory E floats. */
+extern "C" __global__ void sequence_balance_loss(const float* scores, const int* indices, float* dScores, float* lossPerSeq, int batch, int seq, int E, int K,
+                                                 float alpha) {
+  extern __shared__ float balanceShared[];
+  float* f = balanceShared;
+  const int b = blockIdx.x;
+  const i64 n0 = (i64)b * seq;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) f[e] = 0.0f;
+  __syncthreads();
+  for (int i = threadIdx.x; i < seq * K; i += blockDim.x) {
+    const int e = indices[n0 * K + i];
+    if (e >= 0 && e < E) atomicAdd(f + e, 1.0f);  // integer counts: exact in any order
+  }
+  __syncthreads();
+  const float fScale = (float)E / ((float)K * (float)seq);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) f[e] *= fScale;
+  __syncthreads();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  float lossPart = 0.0f;
+  for (int t = warp; t < seq; t += warps) {
+    const float* s = scores + (n0 + t) * E;
+    float z = 0.0f, fs = 0.0f;
+    for (int e = lane; e < E; e += 32) {
+      z += s[e];
+      fs = fmaf(f[e], s[e], fs);
+    }
+    z = warp_sum(z);
+    fs = warp_sum(fs);
+    const float fDotHat = fs / z;
+    const float c = alpha / ((float)batch * (float)seq * z);
+    float* dsr = dScores + (n0 + t) * E;
+    for (int e = lane; e < E; e += 32) dsr[e] = c * (f[e] - fDotHat);
+    if (lane == 0) lossPart += fDotHat;
+  }
+  const float total = block_sum(lossPart);
+  if (threadIdx.x == 0) lossPerSeq[b] = alpha * total / ((float)batch * (float)seq);
+}

@@ -1,0 +1,416 @@
+// The CUDA backend against the CPU backend, op by op, on fresh random inputs (DESIGN §6), in
+// both CUDA modes: FP32 (everything FP32, ~1e-5 relative) and BF16 (BF16 activations with FP32
+// parameters, gradients and moments, ~1e-2). Inputs are rounded to BF16 first in BF16 mode, so
+// both backends start from the same values. Shared by training-ops.gpu.ts (the real GPU) and
+// emulated-backend.test.ts (the CPU emulator of the kernels); `large` picks GPU-sized problems.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { AdamWHyper, Backend, RouterConfig, RouterOutput } from '../../../src/backend/backend.js';
+import { CpuBackend } from '../../../src/backend/cpu/cpu-backend.js';
+import type { CudaBackend } from '../../../src/backend/cuda/cuda-backend.js';
+import type { Tensor } from '../../../src/tensor/tensor.js';
+import { assertClose, randomNormal, roundBf16, seededRandom } from './gpu-helpers.js';
+
+export type Mode = 'f32' | 'bf16';
+
+export interface CaseOptions {
+  /** Prefix of every test name. */
+  label: string;
+  skip: string | false;
+  /** A CUDA backend computing in `mode` (made once per mode and kept). */
+  backend: (mode: Mode) => CudaBackend;
+  /** GPU-sized problems (wide rows, long sequences) instead of emulator-sized ones. */
+  large: boolean;
+}
+
+const TOL: Record<Mode, number> = { f32: 1e-5, bf16: 1e-2 };
+
+export function registerBackendCases(o: CaseOptions): void {
+  for (const mode of ['f32', 'bf16'] as const) registerMode(o, mode);
+}
+
+function registerMode(o: CaseOptions, mode: Mode): void {
+  const rng = seededRandom();
+  const tol = TOL[mode];
+  const cpu = new CpuBackend('f32');
+  const cuda = () => o.backend(mode);
+  const L = o.large;
+  const name = (what: string) => `${o.label} ${mode}: ${what}`;
+  const opts = { skip: o.skip };
+
+  /** Host data as both backends hold it: BF16-exact in BF16 mode. */
+  const data = (n: number, scale = 1): Float32Array => {
+    const x = randomNormal(rng, n, scale);
+    return mode === 'bf16' ? roundBf16(x) : x;
+  };
+  const count = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+  /** An activation: BF16 storage in BF16 mode (what op results are). */
+  const act = (shape: number[], scale = 1) => {
+    const d = data(count(shape), scale);
+    return { d, c: cpu.upload(d, shape), g: cuda().upload(d, shape, mode) };
+  };
+  /** A parameter, gradient or accumulator: FP32 storage (what upload and zeros make). */
+  const param = (shape: number[], scale = 1) => {
+    const d = data(count(shape), scale);
+    return { d, c: cpu.upload(d, shape), g: cuda().upload(d, shape) };
+  };
+  const ints = (values: Int32Array, shape: number[]) => ({ c: cpu.uploadInt(values, shape), g: cuda().uploadInt(values, shape) });
+  const compare = (what: string, g: Tensor, c: Tensor, rtol = tol) => {
+    assert.deepEqual([...g.shape], [...c.shape], `${what}: shape`);
+    assertClose(`${mode} ${what}`, cuda().download(g), cpu.download(c), rtol, rng.seed);
+  };
+  const near = (what: string, got: number, want: number, rtol: number) => {
+    const err = Math.abs(got - want) / Math.max(Math.abs(want), 1e-30);
+    console.log(`# ${mode} ${what}: ${got} vs ${want} (relative error ${err.toExponential(2)})`);
+    assert.ok(err <= rtol, `${mode} ${what}: ${got} vs ${want} (seed ${rng.seed})`);
+  };
+
+  test(name('memory: storage dtypes, views, copyFromHost, free, allocation scopes'), opts, () => {
+    const b = cuda();
+    const d = randomNormal(rng, 60);
+    const t = b.upload(d, [6, 10]);
+    assert.equal(t.dtype, 'f32');
+    assert.deepEqual(b.download(t), d);
+    assert.equal(b.zeros([3]).dtype, 'f32');
+    assert.deepEqual(b.download(b.reshape(b.rows(t, 2, 3), [30])), d.subarray(20, 50));
+    const h = b.upload(d, [60], 'bf16');
+    assert.equal(h.dtype, 'bf16');
+    assert.deepEqual(b.download(h), roundBf16(d));
+    const fresh = randomNormal(rng, 60);
+    b.copyFromHost(t, fresh);
+    b.copyFromHost(h, fresh);
+    assert.deepEqual(b.download(t), fresh);
+    assert.deepEqual(b.download(h), roundBf16(fresh));
+    assert.throws(() => b.copyFromHost(t, new Float32Array(5)), /5 values/);
+
+    const before = b.liveAllocations();
+    const outer = b.markAllocations();
+    const kept = b.zeros([4, 4]);
+    const inner = b.markAllocations();
+    const temp = b.add(kept, kept);
+    const view = b.rows(temp, 1, 2);
+    b.upload(d, [60]);
+    b.uploadInt(Int32Array.from([1, 2, 3]), [3]);
+    b.releaseAllocations(inner);
+    assert.throws(() => b.download(temp), /was freed/);
+    assert.throws(() => b.download(view), /was freed/);
+    b.free(temp); // already released: nothing happens
+    b.free(view);
+    assert.deepEqual(b.download(kept), new Float32Array(16));
+    b.releaseAllocations(outer);
+    assert.throws(() => b.download(kept), /was freed/);
+    assert.deepEqual(b.liveAllocations(), before);
+    assert.deepEqual(b.download(t), fresh, 'tensors from before the mark survive');
+    b.free(t);
+    b.free(t);
+    b.free(h);
+    assert.equal(b.liveAllocations().count, before.count - 2);
+  });
+
+  test(name('linear, strided batched gemm into an FP32 accumulator, BF16 copies of weights follow writes'), opts, () => {
+    const b = cuda();
+    const x = act([37, 96]), w = param([80, 96], 0.1);
+    compare('linear', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
+    const x3 = act([2, 5, 96]);
+    compare('linear on [B, T, K]', b.linear(x3.g, w.g), cpu.linear(x3.c, w.c));
+    const T = 9, H = 3, D = 16;
+    const q = act([T, H, D]), k = act([T, H, D]), acc = param([H, T, T]);
+    const spec = (qt: Tensor, kt: Tensor, out: Tensor) => ({
+      m: T, n: T, k: D, batch: H, alpha: 0.25, beta: 1,
+      a: { tensor: qt, ld: H * D, batchStride: D }, b: { tensor: kt, ld: H * D, batchStride: D, trans: true }, c: { tensor: out, ld: T, batchStride: T * T },
+    });
+    b.gemm(spec(q.g, k.g, acc.g));
+    cpu.gemm(spec(q.c, k.c, acc.c));
+    compare('batched strided gemm, beta 1', acc.g, acc.c);
+    // The weight changes in place: the next GEMM must see the new values, not a stale BF16 copy.
+    const w2 = data(80 * 96, 0.1);
+    b.copyFromHost(w.g, w2);
+    cpu.copyFromHost(w.c, w2);
+    compare('linear after copyFromHost', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
+    const g = param([80, 96], 0.01), m = param([80, 96], 0.01), v = param([80, 96], 0.01);
+    for (const t of [m, v]) {
+      const sq = t.d.map((e) => e * e);
+      b.copyFromHost(t.g, sq);
+      cpu.copyFromHost(t.c, sq);
+    }
+    const h: AdamWHyper = { lr: 0.05, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1, momentsBf16: false };
+    b.adamw(w.g, g.g, m.g, v.g, h);
+    cpu.adamw(w.c, g.c, m.c, v.c, h);
+    compare('linear after adamw', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
+    b.scaleInPlace(w.g, 0.5);
+    cpu.scaleInPlace(w.c, 0.5);
+    compare('linear after scaleInPlace', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
+  });
+
+  test(name('elementwise, normalisation and column ops'), opts, () => {
+    const b = cuda();
+    const a = act([33, 64]), a2 = act([33, 64]);
+    compare('add', b.add(a.g, a2.g), cpu.add(a.c, a2.c));
+    const acc = param([33, 64]);
+    b.addInPlace(acc.g, a.g, -0.5);
+    cpu.addInPlace(acc.c, a.c, -0.5);
+    compare('addInPlace into FP32 storage', acc.g, acc.c);
+    b.addInPlace(a.g, acc.g, 0.25);
+    cpu.addInPlace(a.c, acc.c, 0.25);
+    compare('addInPlace into activation storage', a.g, a.c);
+    const d = L ? 7168 : 200;
+    const x = act([7, d]), w = param([d]);
+    compare('rmsNorm', b.rmsNorm(x.g, w.g, 1e-6), cpu.rmsNorm(x.c, w.c, 1e-6));
+    const wAct = act([d]);
+    compare('rmsNorm, weight in activation storage', b.rmsNorm(x.g, wAct.g, 1e-6), cpu.rmsNorm(x.c, wAct.c, 1e-6));
+    const g = act([19, L ? 1408 : 96], 2), u = act([19, L ? 1408 : 96]);
+    compare('swiglu', b.swiglu(g.g, u.g), cpu.swiglu(g.c, u.c));
+    const m = act([11, 40]);
+    compare('sliceCols', b.sliceCols(m.g, 8, 29), cpu.sliceCols(m.c, 8, 29), 0);
+    const mf = param([11, 40]);
+    compare('sliceCols of FP32 storage', b.sliceCols(mf.g, 8, 29), cpu.sliceCols(mf.c, 8, 29));
+    const kn = act([5, 4, 32]), kpe = act([5, 1, 8]), kpeH = act([5, 4, 8]);
+    compare('concatHeads (shared key)', b.concatHeads(kn.g, kpe.g), cpu.concatHeads(kn.c, kpe.c), 0);
+    compare('concatHeads (per head)', b.concatHeads(kn.g, kpeH.g), cpu.concatHeads(kn.c, kpeH.c), 0);
+  });
+
+  test(name('embedding and rope'), opts, () => {
+    const b = cuda();
+    const table = param([500, 64]);
+    const ids = ints(Int32Array.from({ length: 40 }, () => rng.int(0, 499)), [40]);
+    compare('embedding', b.embedding(table.g, ids.g), cpu.embedding(table.c, ids.c), 0);
+    const tableAct = act([500, 64]);
+    compare('embedding, table in activation storage', b.embedding(tableAct.g, ids.g), cpu.embedding(tableAct.c, ids.c), 0);
+    const N = 12, H = 4, W = 48, rot = 16, P = 32, half = rot / 2;
+    const angles = Float32Array.from({ length: P * half }, (_, k) => Math.floor(k / half) * 10000 ** (-(2 * (k % half)) / rot));
+    const cosD = angles.map(Math.cos), sinD = angles.map(Math.sin);
+    const cos = { c: cpu.upload(cosD, [P, half]), g: b.upload(cosD, [P, half]) };
+    const sin = { c: cpu.upload(sinD, [P, half]), g: b.upload(sinD, [P, half]) };
+    const pos = ints(Int32Array.from({ length: N }, () => rng.int(0, P - 1)), [N]);
+    const x = act([N, H, W]);
+    for (const inverse of [false, true]) {
+      compare(`rope${inverse ? ' inverse' : ''}`, b.rope(x.g, cos.g, sin.g, pos.g, 32, rot, inverse), cpu.rope(x.c, cos.c, sin.c, pos.c, 32, rot, inverse));
+    }
+    const cosR = data(P * half), sinR = data(P * half); // any values: tables in activation storage
+    const cosA = { c: cpu.upload(cosR, [P, half]), g: b.upload(cosR, [P, half], mode) }, sinA = { c: cpu.upload(sinR, [P, half]), g: b.upload(sinR, [P, half], mode) };
+    compare('rope, tables in activation storage', b.rope(x.g, cosA.g, sinA.g, pos.g, 0, rot), cpu.rope(x.c, cosA.c, sinA.c, pos.c, 0, rot));
+  });
+
+  test(name('attention, latent attention over an FP32 cache, cache writes'), opts, () => {
+    const b = cuda();
+    const B = 2, Tq = 6, Tk = 10, H = 3, Dk = 24, Dv = 16;
+    const q = act([B, Tq, H, Dk]), k = act([B, Tk, H, Dk]), v = act([B, Tk, H, Dv]);
+    compare('attention (chunk at qStart 4)', b.attention(q.g, k.g, v.g, 0.2, 4), cpu.attention(q.c, k.c, v.c, 0.2, 4));
+    const C = 32, R = 8, S = 20, kvLen = 15;
+    const qLat = param([B, Tq, H, C]), qPe = act([B, Tq, H, R]);
+    const ckv = { g: b.zeros([B, S, C]), c: cpu.zeros([B, S, C]) }, kpe = { g: b.zeros([B, S, R]), c: cpu.zeros([B, S, R]) };
+    const newC = act([B, kvLen, C]), newR = act([B, kvLen, R]);
+    b.writeCache(ckv.g, newC.g, 0);
+    cpu.writeCache(ckv.c, newC.c, 0);
+    b.writeCache(kpe.g, newR.g, 0);
+    cpu.writeCache(kpe.c, newR.c, 0);
+    compare('writeCache', ckv.g, ckv.c, 0);
+    const more = act([B, 2, C]);
+    b.writeCache(ckv.g, more.g, kvLen);
+    cpu.writeCache(ckv.c, more.c, kvLen);
+    compare('writeCache at an offset', ckv.g, ckv.c, 0);
+    compare('mlaLatentAttention', b.mlaLatentAttention(qLat.g, qPe.g, ckv.g, kpe.g, 0.15, kvLen - Tq, kvLen),
+      cpu.mlaLatentAttention(qLat.c, qPe.c, ckv.c, kpe.c, 0.15, kvLen - Tq, kvLen));
+  });
+
+  const routeCase = (N: number, E: number, cfg: RouterConfig) => {
+    const b = cuda();
+    const logitsD = randomNormal(rng, N * E, 2);
+    const logits = { c: cpu.upload(logitsD, [N, E]), g: b.upload(logitsD, [N, E]) };
+    const rc = cpu.routerTopK(logits.c, null, cfg);
+    // The CPU's routing on both sides, so that the backward passes compare exactly the same choice.
+    const rg: RouterOutput = {
+      scores: b.upload(cpu.download(rc.scores), [N, E]),
+      indices: b.uploadInt(cpu.downloadInt(rc.indices), [N, cfg.topK]),
+      weights: b.upload(cpu.download(rc.weights), [N, cfg.topK]),
+    };
+    return { logits, rc, rg };
+  };
+
+  test(name('router, permute and unpermute'), opts, () => {
+    const b = cuda();
+    const N = 64, E = 32, d = 40, K = 4;
+    const cfg: RouterConfig = { topK: K, nGroup: 4, topkGroup: 2, scoring: 'sigmoid', groupLimited: true, groupScoreTop2: true, normTopkProb: true, routedScalingFactor: 2.5 };
+    const logitsD = randomNormal(rng, N * E, 2), biasD = randomNormal(rng, E, 0.05);
+    const lc = cpu.upload(logitsD, [N, E]), bc = cpu.upload(biasD, [E]);
+    const rg = b.routerTopK(b.upload(logitsD, [N, E]), b.upload(biasD, [E]), cfg), rc = cpu.routerTopK(lc, bc, cfg);
+    compare('router scores', rg.scores, rc.scores, 1e-5);
+    // logits and bias in activation storage (BF16 in BF16 mode): scores of the rounded logits
+    const lR = data(N * E, 2), bR = data(E, 0.05);
+    const ra = b.routerTopK(b.upload(lR, [N, E], mode), b.upload(bR, [E], mode), cfg), rca = cpu.routerTopK(cpu.upload(lR, [N, E]), cpu.upload(bR, [E]), cfg);
+    compare('router scores, logits and bias in activation storage', ra.scores, rca.scores, 1e-5);
+    const rb = b.routerTopK(b.upload(logitsD, [N, E]), b.upload(bR, [E], mode), cfg), rcb = cpu.routerTopK(lc, cpu.upload(bR, [E]), cfg);
+    compare('router scores, bias in activation storage', rb.scores, rcb.scores, 1e-5);
+    const rl = b.routerTopK(b.upload(lR, [N, E], mode), b.upload(biasD, [E]), cfg), rcl = cpu.routerTopK(cpu.upload(lR, [N, E]), bc, cfg);
+    compare('router scores, logits in activation storage', rl.scores, rcl.scores, 1e-5);
+    const ig = b.downloadInt(rg.indices), ic = cpu.downloadInt(rc.indices);
+    let differ = 0;
+    for (let n = 0; n < N; n++) if (ig.subarray(n * K, n * K + K).join() !== ic.subarray(n * K, n * K + K).join()) differ++;
+    assert.ok(differ <= 1, `${differ} tokens routed differently (seed ${rng.seed})`);
+    if (differ === 0) compare('router weights', rg.weights, rc.weights, 1e-5);
+    const x = act([N, d]);
+    const pg = b.moePermute(x.g, b.uploadInt(ic, [N, K]), E), pc = cpu.moePermute(x.c, rc.indices, E);
+    assert.deepEqual(pg.counts, pc.counts);
+    assert.deepEqual(b.downloadInt(pg.sourceSlot), cpu.downloadInt(pc.sourceSlot));
+    compare('moePermute rows', pg.rows, pc.rows, 0);
+    const expertOut = param([N * K, d]);
+    const wg = b.upload(cpu.download(rc.weights), [N, K]);
+    compare('moeUnpermute (FP32 expert rows)', b.moeUnpermute(expertOut.g, pg.sourceSlot, wg), cpu.moeUnpermute(expertOut.c, pc.sourceSlot, rc.weights));
+    const wR = data(N * K);
+    const wAct = { c: cpu.upload(wR, [N, K]), g: b.upload(wR, [N, K], mode) }, rowsAct = act([N * K, d]);
+    compare('moeUnpermute (weights in activation storage)', b.moeUnpermute(rowsAct.g, pg.sourceSlot, wAct.g), cpu.moeUnpermute(rowsAct.c, pc.sourceSlot, wAct.c));
+  });
+
+  test(name('rmsNorm, swiglu, embedding and column backward'), opts, () => {
+    const b = cuda();
+    const M = 29, d = L ? 7168 : 136;
+    const x = act([M, d]), w = param([d]), dy = act([M, d]);
+    compare('rmsNormBackwardInput', b.rmsNormBackwardInput(x.g, w.g, dy.g, 1e-6), cpu.rmsNormBackwardInput(x.c, w.c, dy.c, 1e-6));
+    const dw = param([d]);
+    b.rmsNormBackwardWeight(x.g, dy.g, 1e-6, dw.g);
+    cpu.rmsNormBackwardWeight(x.c, dy.c, 1e-6, dw.c);
+    compare('rmsNormBackwardWeight (accumulated)', dw.g, dw.c);
+    const dwAct = act([d]); // a gradient kept in the activation dtype
+    b.rmsNormBackwardWeight(x.g, dy.g, 1e-6, dwAct.g);
+    cpu.rmsNormBackwardWeight(x.c, dy.c, 1e-6, dwAct.c);
+    compare('rmsNormBackwardWeight into activation storage', dwAct.g, dwAct.c);
+    const rows = L ? 5000 : 300; // more rows than one chunk of the column sums
+    const xl = act([rows, 24]), dyl = act([rows, 24]), dwl = param([24]);
+    b.rmsNormBackwardWeight(xl.g, dyl.g, 1e-6, dwl.g);
+    cpu.rmsNormBackwardWeight(xl.c, dyl.c, 1e-6, dwl.c);
+    compare(`rmsNormBackwardWeight over ${rows} rows`, dwl.g, dwl.c);
+
+    const I = L ? 1408 : 72;
+    const gate = act([17, I], 3), up = act([17, I]), dAct = param([17, I]);
+    const sg = b.swigluBackward(gate.g, up.g, dAct.g), sc = cpu.swigluBackward(gate.c, up.c, dAct.c);
+    compare('swigluBackward dGate', sg.dGate, sc.dGate);
+    compare('swigluBackward dUp', sg.dUp, sc.dUp);
+
+    const V = 50, n = 64;
+    const ids = ints(Int32Array.from({ length: n }, () => rng.int(0, 9) * 5), [n]); // repeated ids: atomics collide
+    const dE = act([n, 32]), dTable = param([V, 32]);
+    b.embeddingBackward(ids.g, dE.g, dTable.g);
+    cpu.embeddingBackward(ids.c, dE.c, dTable.c);
+    compare('embeddingBackward', dTable.g, dTable.c);
+
+    const dst = param([13, 40]), src = act([13, 12]);
+    b.addToCols(dst.g, src.g, 25);
+    cpu.addToCols(dst.c, src.c, 25);
+    compare('addToCols', dst.g, dst.c);
+    const dstAct = act([13, 40]), srcF32 = param([13, 12]);
+    b.addToCols(dstAct.g, srcF32.g, 3);
+    cpu.addToCols(dstAct.c, srcF32.c, 3);
+    compare('addToCols into activation storage', dstAct.g, dstAct.c);
+    const heads = act([9, 5, 16]);
+    compare('sumHeads', b.sumHeads(heads.g), cpu.sumHeads(heads.c));
+  });
+
+  test(name('attention backward (full causal and a chunk at an offset)'), opts, () => {
+    const b = cuda();
+    const cases = L
+      ? [{ B: 2, Tq: 128, Tk: 128, H: 4, Dk: 192, Dv: 128, qStart: 0 }, { B: 1, Tq: 33, Tk: 97, H: 3, Dk: 40, Dv: 24, qStart: 64 }]
+      : [{ B: 2, Tq: 9, Tk: 9, H: 3, Dk: 24, Dv: 16, qStart: 0 }, { B: 1, Tq: 5, Tk: 40, H: 2, Dk: 40, Dv: 33, qStart: 35 }];
+    for (const { B, Tq, Tk, H, Dk, Dv, qStart } of cases) {
+      const scale = 1 / Math.sqrt(Dk);
+      const q = act([B, Tq, H, Dk]), k = act([B, Tk, H, Dk]), v = act([B, Tk, H, Dv]), dOut = act([B, Tq, H, Dv]);
+      const outD = cpu.download(cpu.attention(q.c, k.c, v.c, scale, qStart)) as Float32Array;
+      const outV = mode === 'bf16' ? roundBf16(outD) : outD;
+      const out = { c: cpu.upload(outV, [B, Tq, H, Dv]), g: b.upload(outV, [B, Tq, H, Dv], mode) };
+      const gg = b.attentionBackward(q.g, k.g, v.g, out.g, dOut.g, scale, qStart);
+      const gc = cpu.attentionBackward(q.c, k.c, v.c, out.c, dOut.c, scale, qStart);
+      const what = `attentionBackward B=${B} Tq=${Tq} Tk=${Tk} qStart=${qStart}`;
+      compare(`${what} dq`, gg.dq, gc.dq);
+      compare(`${what} dk`, gg.dk, gc.dk);
+      compare(`${what} dv`, gg.dv, gc.dv);
+    }
+  });
+
+  test(name('MoE and router backward, sequence balance loss'), opts, () => {
+    const b = cuda();
+    const N = 48, E = 16, K = 4, d = 40;
+    const cfg: RouterConfig = { topK: K, nGroup: 4, topkGroup: 2, scoring: 'sigmoid', groupLimited: true, groupScoreTop2: true, normTopkProb: true, routedScalingFactor: 2.5 };
+    const { logits, rc, rg } = routeCase(N, E, cfg);
+    const x = act([N, d]);
+    const pc = cpu.moePermute(x.c, rc.indices, E);
+    const slots = { c: pc.sourceSlot, g: b.uploadInt(cpu.downloadInt(pc.sourceSlot), [N * K]) };
+    const dy = act([N, d]), expertOut = param([N * K, d]);
+    const ug = b.moeUnpermuteBackward(dy.g, expertOut.g, slots.g, rg.weights), uc = cpu.moeUnpermuteBackward(dy.c, expertOut.c, slots.c, rc.weights);
+    compare('moeUnpermuteBackward dExpertOut', ug.dExpertOut, uc.dExpertOut);
+    compare('moeUnpermuteBackward dWeights', ug.dWeights, uc.dWeights);
+    const dRows = param([N * K, d]);
+    compare('moePermuteBackward', b.moePermuteBackward(dRows.g, slots.g, N), cpu.moePermuteBackward(dRows.c, slots.c, N));
+
+    const dW = param([N, K]);
+    const seq = 16, batch = N / seq;
+    const bg = b.sequenceBalanceLoss(rg, batch, seq, 0.01), bc = cpu.sequenceBalanceLoss(rc, batch, seq, 0.01);
+    near('sequenceBalanceLoss', bg.loss, bc.loss, 1e-5);
+    compare('sequenceBalanceLoss dScores', bg.dScores, bc.dScores, 1e-5);
+    compare('routerBackward (sigmoid, normalised, with dScores)', b.routerBackward(logits.g, rg, dW.g, bg.dScores, cfg), cpu.routerBackward(logits.c, rc, dW.c, bc.dScores, cfg));
+    for (const variant of [{ scoring: 'softmax' as const, normTopkProb: false }, { scoring: 'sigmoid' as const, normTopkProb: false }]) {
+      const c2: RouterConfig = { ...cfg, ...variant, groupLimited: false, groupScoreTop2: false };
+      const r = routeCase(N, E, c2);
+      compare(`routerBackward (${variant.scoring}, ${variant.normTopkProb ? '' : 'not '}normalised, no dScores)`,
+        b.routerBackward(r.logits.g, r.rg, dW.g, null, c2), cpu.routerBackward(r.logits.c, r.rc, dW.c, null, c2));
+    }
+  });
+
+  test(name('cross-entropy, sum of squares, scale, AdamW'), opts, () => {
+    const b = cuda();
+    const M = 37, V = L ? 32000 : 500;
+    const logits = act([M, V], 3);
+    const t = Int32Array.from({ length: M }, (_, i) => (i % 7 === 3 ? -1 : rng.int(0, V - 1)));
+    const targets = ints(t, [M]);
+    const eg = b.crossEntropy(logits.g, targets.g, 0.37), ec = cpu.crossEntropy(logits.c, targets.c, 0.37);
+    assert.equal(eg.count, ec.count);
+    near('crossEntropy lossSum', eg.lossSum, ec.lossSum, 1e-5);
+    compare('crossEntropy dLogits', eg.dLogits, ec.dLogits);
+    const bad = Int32Array.from(t);
+    bad[5] = V;
+    assert.throws(() => b.crossEntropy(logits.g, b.uploadInt(bad, [M]), 1), /outside the vocabulary/);
+
+    const big = param([L ? 3_000_017 : 100_003]);
+    near('sumSquares (FP32 storage)', b.sumSquares(big.g), cpu.sumSquares(big.c), 1e-9);
+    const small = act([1001]);
+    near('sumSquares (activation storage)', b.sumSquares(small.g), cpu.sumSquares(small.c), 1e-9);
+    b.scaleInPlace(big.g, -0.3);
+    cpu.scaleInPlace(big.c, -0.3);
+    compare('scaleInPlace', big.g, big.c, 1e-6);
+    b.scaleInPlace(small.g, 1.5);
+    cpu.scaleInPlace(small.c, 1.5);
+    compare('scaleInPlace of activation storage', small.g, small.c, mode === 'f32' ? 1e-6 : tol);
+
+    for (const momentsBf16 of [false, true]) {
+      const shape = [L ? 1024 : 64, 33];
+      const p = param(shape, 0.02), m = { c: cpu.zeros(shape), g: b.zeros(shape) }, v = { c: cpu.zeros(shape), g: b.zeros(shape) };
+      for (let step = 1; step <= 3; step++) {
+        const g = param(shape, 0.01);
+        const h: AdamWHyper = { lr: 1e-3 * step, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step, momentsBf16 };
+        b.adamw(p.g, g.g, m.g, v.g, h);
+        cpu.adamw(p.c, g.c, m.c, v.c, h);
+      }
+      // BF16 moments: a moment within an FP32 rounding of a BF16 boundary may round the other way
+      // than the CPU's FP64 value (one BF16 step, 2^-8), which moves that parameter's later updates
+      // by up to ~0.4% of lr.
+      const what = `adamw${momentsBf16 ? ' (BF16 moments)' : ''}`;
+      compare(`${what} param`, p.g, p.c, momentsBf16 ? 5e-3 : 1e-5);
+      compare(`${what} m`, m.g, m.c, momentsBf16 ? 2e-2 : 1e-5);
+      compare(`${what} v`, v.g, v.c, momentsBf16 ? 2e-2 : 1e-5);
+    }
+    if (mode === 'bf16') {
+      const p = b.upload(new Float32Array(4), [4], 'bf16'), z = b.zeros([4]);
+      assert.throws(() => b.adamw(p, z, z, z, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, momentsBf16: false }), /must be FP32/);
+    }
+  });
+
+  test(name('the class implements every Backend op'), opts, () => {
+    const b: Backend = cuda();
+    const ops: (keyof Backend)[] = ['upload', 'uploadInt', 'download', 'downloadInt', 'zeros', 'rows', 'reshape', 'free', 'copyFromHost', 'markAllocations',
+      'releaseAllocations', 'gemm', 'linear', 'add', 'addInPlace', 'rmsNorm', 'swiglu', 'sliceCols', 'concatHeads', 'embedding', 'rope', 'attention',
+      'mlaLatentAttention', 'writeCache', 'routerTopK', 'moePermute', 'moeUnpermute', 'rmsNormBackwardInput', 'rmsNormBackwardWeight', 'swigluBackward',
+      'embeddingBackward', 'addToCols', 'sumHeads', 'attentionBackward', 'moeUnpermuteBackward', 'moePermuteBackward', 'routerBackward',
+      'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'scaleInPlace', 'adamw'];
+    for (const op of ops) assert.equal(typeof b[op], 'function', op);
+    assert.equal(b.floatDType, mode);
+  });
+}
