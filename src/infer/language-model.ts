@@ -69,7 +69,8 @@ export class LanguageModel {
 
 /** Load a Hugging Face DeepSeek-V3 (or V2) directory: config.json, safetensors, tokenizer files. */
 export async function loadModel(dir: string, opts: BackendOptions = {}): Promise<LanguageModel> {
-  const backend = await createBackend(opts);
+  // serving keeps no gradients or optimizer state: on the GPU, weights and cache are stored in BF16
+  const backend = await createBackend({ storageDType: 'bf16', ...opts });
   const { model } = loadPretrained(dir, backend);
   const tokenizer = fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
   return new LanguageModel(model, tokenizer, dir);

@@ -52,10 +52,10 @@ export interface MlaSaved {
   ckvRaw: Tensor;
   ckv?: Tensor;
   kpe: Tensor;
-  /** Keys [N, H, nope+rope] and values [N, H, v]. */
+  /** Keys [N, H, nope+rope] and values [N·H, v]. */
   k?: Tensor;
   v?: Tensor;
-  /** Attention output [N, H, v]. */
+  /** Attention output [B, T, H, v]. */
   attn: Tensor;
 }
 
@@ -125,7 +125,7 @@ export class MultiHeadLatentAttention {
     return { ckvRaw, kpe };
   }
 
-  /** Per-head keys [N, H, nope+rope] and values [N, H, v] from c_kv [N, kv_lora] and k_pe [N, 1, rope]. */
+  /** Per-head keys [N, H, nope+rope] and values [N·H, v] from c_kv [N, kv_lora] and k_pe [N, 1, rope]. */
   private keysValues(b: Backend, ckv: Tensor, kpe: Tensor): { k: Tensor; v: Tensor } {
     const N = ckv.shape[0];
     const { H, nope, vDim } = this;
@@ -136,14 +136,13 @@ export class MultiHeadLatentAttention {
     const k = b.concatHeads(b.reshape(kNope, [N, H, nope]), kpe);
     b.free(kv);
     b.free(kNope);
-    return { k, v: b.reshape(v, [N, H, vDim]) };
+    return { k, v };
   }
 
   private attend(b: Backend, q: Tensor, k: Tensor, v: Tensor, ctx: ForwardContext): Tensor {
     const { H, nope, rope, vDim } = this;
     const shape4 = (t: Tensor, width: number) => b.reshape(t, [ctx.batch, ctx.seq, H, width]);
-    const attn = b.attention(shape4(q, nope + rope), shape4(k, nope + rope), shape4(v, vDim), this.softmaxScale, 0);
-    return b.reshape(attn, [ctx.batch * ctx.seq, H, vDim]);
+    return b.attention(shape4(q, nope + rope), shape4(k, nope + rope), shape4(v, vDim), this.softmaxScale, 0);
   }
 
   /**

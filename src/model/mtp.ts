@@ -54,7 +54,8 @@ export class MtpModule {
     const d = hPrev.shape[1];
     const e = this.enorm.forward(b, emb);
     const h = this.hnorm.forward(b, hPrev);
-    const joined = b.reshape(b.concatHeads(b.reshape(e, [N, 1, d]), b.reshape(h, [N, 1, d])), [N, 2 * d]);
+    const stacked = b.concatHeads(b.reshape(e, [N, 1, d]), b.reshape(h, [N, 1, d]));
+    const joined = b.reshape(stacked, [N, 2 * d]);
     b.free(e);
     b.free(h);
     const hIn = this.ehProj.forward(b, joined);
@@ -64,7 +65,7 @@ export class MtpModule {
     if (opts.save) {
       opts.save({ hPrev, emb, joined, block: blockSaved, hk });
     } else {
-      b.free(joined);
+      b.free(stacked);
       b.free(hIn);
     }
     return { normed: this.headNorm.forward(b, hk), hk };
