@@ -32,6 +32,7 @@ import { numel, shapeString, type ComputeDType, type Tensor } from '../../tensor
 import { CudaContext } from './context.js';
 import { CublasLtMatmul, type GemmDType, type RowMajorGemm } from './matmul.js';
 import * as ops from './ops.js';
+import { flashAttentionBackward, flashAttentionForward, mlaDecode } from './flash-attention.js';
 import type { FloatKind } from './ops.js';
 
 const DTYPE_BYTES: Record<ComputeDType, number> = { bf16: 2, f32: 4, f64: 8, i32: 4 };
@@ -85,6 +86,11 @@ export interface CudaBackendOptions {
   storageDType?: 'bf16' | 'f32';
   /** GEMM runner (default: cuBLASLt on the context). */
   matmul?: GemmRunner;
+  /**
+   * Tensor-core flash attention and MLA decode kernels in BF16 mode (default true). The CPU
+   * emulator of the kernels, which cannot run their PTX, turns them off and tests the plain ones.
+   */
+  flashAttention?: boolean;
 }
 
 function dev(t: Tensor, what: string): CudaTensor {
@@ -116,16 +122,20 @@ export class CudaBackend implements Backend {
   readonly floatDType: 'bf16' | 'f32';
   /** Dtype of `upload` and `zeros` results. */
   readonly storageDType: 'bf16' | 'f32';
+  private readonly useFlash: boolean;
   readonly ctx: CudaContext;
   private readonly matmul: GemmRunner;
   private lastSerial = 0;
   /** Live allocations by serial number, in allocation order. */
   private readonly live = new Map<number, CudaTensor>();
+  /** Log-sum-exp rows [B, H, Tq] of each flash attention output, for its backward pass. */
+  private readonly attentionLse = new WeakMap<CudaTensor, CudaTensor>();
 
   constructor(ctx: CudaContext = CudaContext.create(0), options: CudaBackendOptions = {}) {
     this.ctx = ctx;
     this.floatDType = options.dtype ?? 'bf16';
     this.storageDType = options.storageDType ?? 'f32';
+    this.useFlash = options.flashAttention ?? true;
     if (this.floatDType === 'f32' && this.storageDType !== 'f32') throw new Error('CudaBackend: BF16 storage needs the BF16 activation dtype');
     this.matmul = options.matmul ?? new CublasLtMatmul(ctx);
   }
@@ -509,9 +519,24 @@ export class CudaBackend implements Backend {
     const out = this.empty([B, Tq, H, Dv]);
     this.withTemps((temps) => {
       const qt = this.act(q0, temps), kt = this.act(k0, temps), vt = this.act(v0, temps);
-      ops.attention(this.ctx, this.floatDType, qt.ptr, 0, kt.ptr, 0, vt.ptr, out.ptr, { B, Tq, Tk, S: Tk, H, Hk: H, D1: Dk, D2: 0, Dv }, scale, qStart);
+      if (this.flashEligible(Dk, Dv, [qt, kt, vt, out])) {
+        // the log-sum-exp rows let the backward pass skip recomputing the softmax statistics
+        const lse = this.empty([B, H, Tq], 'f32');
+        flashAttentionForward(this.ctx, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: out.ptr, lse: lse.ptr, B, Tq, Tk, H, Dk, Dv, scale, qStart });
+        this.attentionLse.set(out, lse);
+      } else {
+        ops.attention(this.ctx, this.floatDType, qt.ptr, 0, kt.ptr, 0, vt.ptr, out.ptr, { B, Tq, Tk, S: Tk, H, Hk: H, D1: Dk, D2: 0, Dv }, scale, qStart);
+      }
     });
     return out;
+  }
+
+  /**
+   * The tensor-core flash kernels run in BF16 mode (operands are converted to BF16 first), for head
+   * sizes that are multiples of 8 up to 256 and 16-byte aligned tensors.
+   */
+  private flashEligible(Dk: number, Dv: number, tensors: CudaTensor[]): boolean {
+    return this.useFlash && this.floatDType === 'bf16' && Dk % 8 === 0 && Dv % 8 === 0 && Dk <= 256 && Dv <= 256 && tensors.every((t) => t.ptr % 16 === 0);
   }
 
   /** Runs in the dtype of the cache (ckv), the other inputs converted to it; the result is converted to floatDType. */
@@ -533,7 +558,11 @@ export class CudaBackend implements Backend {
         res = this.ctx.alloc(ops.FLOAT_BYTES[kind] * out.numel);
         temps.push(res);
       }
-      ops.attention(this.ctx, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
+      if (this.useFlash && kind === 'bf16' && C % 16 === 0 && R % 8 === 0 && [ql, qp, c, kp].every((t) => t.ptr % 16 === 0) && res % 16 === 0) {
+        mlaDecode(this.ctx, { qLat: ql.ptr, qPe: qp.ptr, ckv: c.ptr, kpe: kp.ptr, out: res, B, Tq, H, C, R, S, kvLen, scale, qStart });
+      } else {
+        ops.attention(this.ctx, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
+      }
       if (res !== out.ptr) {
         if (kind === 'f32') ops.castF32ToBf16(this.ctx, res, out.ptr, out.numel);
         else ops.castBf16ToF32(this.ctx, res, out.ptr, out.numel);
@@ -668,7 +697,29 @@ export class CudaBackend implements Backend {
       || k0.shape[3] !== Dk || v0.shape[0] !== B || v0.shape[2] !== H || !sameShape(o0, g0) || o0.numel !== B * Tq * H * Dv) {
       throw new Error(`attentionBackward: q ${shapeString(q0.shape)}, k ${shapeString(k0.shape)}, v ${shapeString(v0.shape)}, out ${shapeString(o0.shape)}, dOut ${shapeString(g0.shape)}`);
     }
+    if (this.flashEligible(Dk, Dv, [q0, k0, v0, o0, g0])) {
+      return this.attentionBackwardFlash(q0, k0, v0, o0, g0, { B, Tq, Tk, H, Dk, Dv }, scale, qStart);
+    }
     return this.attentionBackwardSimple(q0, k0, v0, o0, g0, { B, Tq, Tk, H, Dk, Dv }, scale, qStart);
+  }
+
+  /** FlashAttention-2 backward with the forward's log-sum-exp (recomputed when it is gone). */
+  private attentionBackwardFlash(q0: CudaTensor, k0: CudaTensor, v0: CudaTensor, o0: CudaTensor, g0: CudaTensor, s: ops.AttentionBackwardShape,
+    scale: number, qStart: number): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const { B, Tq, Tk, H, Dk, Dv } = s;
+    const dq = this.empty(q0.shape), dk = this.empty(k0.shape), dv = this.empty(v0.shape);
+    this.withTemps((temps) => {
+      const qt = this.act(q0, temps), kt = this.act(k0, temps), vt = this.act(v0, temps), ot = this.act(o0, temps), gt = this.act(g0, temps);
+      let lse = this.attentionLse.get(o0.root);
+      if (!lse || lse.released) {
+        lse = this.empty([B, H, Tq], 'f32');
+        const scratch = this.empty(o0.shape, 'bf16');
+        flashAttentionForward(this.ctx, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: scratch.ptr, lse: lse.ptr, B, Tq, Tk, H, Dk, Dv, scale, qStart });
+        this.free(scratch);
+      }
+      flashAttentionBackward(this.ctx, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: ot.ptr, dOut: gt.ptr, lse: lse.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, gradType: 'bf16', B, Tq, Tk, H, Dk, Dv, scale, qStart });
+    });
+    return { dq, dk, dv };
   }
 
   /** The plain kernel of attention-backward.cu: dq directly, dk and dv through FP32 atomics. */

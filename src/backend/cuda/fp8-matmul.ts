@@ -235,6 +235,8 @@ export class Fp8BlockScaledGemm {
     // FP8 tensor-core GEMMs read rows in 16-byte units: K codes per row, and N outputs per row.
     if (K === 0 || K % 16 !== 0) throw new Error(`fp8BlockScaledGemm: K = ${K} must be a positive multiple of 16`);
     if (N % 16 !== 0) throw new Error(`fp8BlockScaledGemm: N = ${N} must be a multiple of 16`);
+    // cuBLASLt 13.1 finds no block-scaled algorithm for M = 1 or 77 on an H200 (measured): pad the tokens
+    if (M % 8 !== 0) throw new Error(`fp8BlockScaledGemm: M = ${M} must be a multiple of 8 (pad the activations with zero rows)`);
     if (dType !== 'bf16' && dType !== 'f32') throw new Error(`fp8BlockScaledGemm: output type ${String(dType)} (bf16 or f32)`);
     for (const [what, ptr] of [['a', g.a], ['aScale', g.aScale], ['b', g.b], ['bScale', g.bScale], ['d', g.d]] as const) {
       if (!ptr || ptr % 16 !== 0) throw new Error(`fp8BlockScaledGemm: ${what} = 0x${ptr.toString(16)} must be a 16-byte aligned device pointer`);

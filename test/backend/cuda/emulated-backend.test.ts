@@ -26,7 +26,7 @@ registerBackendCases({
     let b = backends.get(mode);
     if (!b) {
       if (typeof device === 'string') throw new Error(device);
-      b = new CudaBackend(device.context(), { dtype: mode, matmul: device.matmul() });
+      b = new CudaBackend(device.context(), { dtype: mode, matmul: device.matmul(), flashAttention: false });
       backends.set(mode, b);
     }
     return b;

@@ -191,8 +191,8 @@ for (const [M, N, K, dType] of [
   [256, 384, 512, 'f32'],
   [200, 336, 320, 'bf16'], // none a multiple of 128; ceil(K/128) = 3, scale rows padded to 4
   [200, 336, 320, 'f32'],
-  [77, 208, 272, 'bf16'], // M not a multiple of 4: the activation scales' padded leading dimension
-  [1, 144, 400, 'f32'], // one token (decoding)
+  [72, 208, 272, 'bf16'], // M a multiple of 8 but not of 16 (cuBLASLt 13.1 has no algorithm for M = 77 or 1)
+  [8, 144, 400, 'f32'], // a decoding batch padded to 8 tokens
 ] as const) {
   test(`block-scaled FP8 GEMM ${M}×${N}×${K} → ${dType} equals the FP64 product of the dequantized operands`, { skip: gemmSkip }, () => {
     runGemmCase(M, N, K, dType);
@@ -251,6 +251,7 @@ test('the GEMM rejects shapes and pointers cuBLASLt cannot take, with a clear me
   const base = { M: 16, N: 32, K: 128, a: buf, aScale: buf, b: buf, bScale: buf, d: buf };
   assert.throws(() => gemm!.run({ ...base, K: 100 }), /K = 100 must be a positive multiple of 16/);
   assert.throws(() => gemm!.run({ ...base, N: 40 }), /N = 40 must be a multiple of 16/);
+  assert.throws(() => gemm!.run({ ...base, M: 77 }), /M = 77 must be a multiple of 8/);
   assert.throws(() => gemm!.run({ ...base, a: buf + 8 }), /a = 0x[0-9a-f]+ must be a 16-byte aligned device pointer/);
   g.free(buf);
 });
