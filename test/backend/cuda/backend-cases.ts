@@ -320,9 +320,13 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       const gg = b.attentionBackward(q.g, k.g, v.g, out.g, dOut.g, scale, qStart);
       const gc = cpu.attentionBackward(q.c, k.c, v.c, out.c, dOut.c, scale, qStart);
       const what = `attentionBackward B=${B} Tq=${Tq} Tk=${Tk} qStart=${qStart}`;
-      compare(`${what} dq`, gg.dq, gc.dq);
-      compare(`${what} dk`, gg.dk, gc.dk);
-      compare(`${what} dv`, gg.dv, gc.dv);
+      // BF16 mode runs FlashAttention-2's backward, whose tensor-core products take the
+      // probabilities and dS rounded to BF16: elements reach ~2e-2 (measured on an H200 and in
+      // test/backend/cuda/flash-attention.gpu.ts), the whole tensor stays at BF16's ~3e-3
+      const rtol = mode === 'bf16' ? 4e-2 : tol;
+      compare(`${what} dq`, gg.dq, gc.dq, rtol);
+      compare(`${what} dk`, gg.dk, gc.dk, rtol);
+      compare(`${what} dv`, gg.dv, gc.dv, rtol);
     }
   });
 
