@@ -7,7 +7,10 @@
 // layout that FP8 GEMMs require too.
 //
 // Each distinct problem (shape, dtypes, transposes, strides, pointer alignment) gets a plan —
-// descriptors plus the heuristic's best algorithm — built once and kept until dispose().
+// descriptors plus an algorithm — built once and kept until dispose(). Asking the heuristic costs
+// ~0.1–0.3 ms, and MoE GEMMs take a new token count M (or K, for weight gradients) per expert per
+// step, so the algorithm is shared by the problems whose M and K round up to the same powers of
+// two; should cuBLASLt refuse it for one of them, that problem gets its own heuristic answer.
 
 import type { Handle } from './ffi/driver.js';
 import {
@@ -50,6 +53,8 @@ interface Plan {
   bLayout: Handle;
   cLayout: Handle;
   algo: Buffer;
+  /** The algorithm came from another problem of the same class. */
+  shared: boolean;
 }
 
 /** Largest power of two (≤ 256) dividing the address: the alignment cuBLASLt may assume. */
@@ -63,8 +68,15 @@ function int32(v: number): Int32Array {
   return new Int32Array([v]);
 }
 
+/** Plans kept before the cache is emptied (a bound on descriptors when shapes keep changing). */
+const MAX_PLANS = 16384;
+
+const roundUpPow2 = (v: number) => 2 ** Math.ceil(Math.log2(Math.max(v, 16)));
+
 export class CublasLtMatmul {
   private readonly plans = new Map<string, Plan>();
+  /** Algorithms by problem class (M and K rounded up to powers of two). */
+  private readonly algos = new Map<string, Buffer>();
   private readonly alpha = new Float32Array(1);
   private readonly beta = new Float32Array(1);
 
@@ -74,23 +86,32 @@ export class CublasLtMatmul {
   run(g: RowMajorGemm, a: number, b: number, c: number, alpha = 1, beta = 0): void {
     if (g.m === 0 || g.n === 0) return;
     const batch = g.batch ?? 1;
-    const key = `${g.m},${g.n},${g.k},${g.abType},${g.cType},${g.transA ? 1 : 0}${g.transB ? 1 : 0},${g.lda},${g.ldb},${g.ldc},${batch},${g.strideA ?? 0},${g.strideB ?? 0},${g.strideC ?? 0},${alignmentOf(a)},${alignmentOf(b)},${alignmentOf(c)}`;
+    const rest = `${g.n},${g.abType},${g.cType},${g.transA ? 1 : 0}${g.transB ? 1 : 0},${g.lda},${g.ldb},${g.ldc},${batch},${g.strideA ?? 0},${g.strideB ?? 0},${g.strideC ?? 0},${alignmentOf(a)},${alignmentOf(b)},${alignmentOf(c)}`;
+    const key = `${g.m},${g.k},${rest}`;
     let plan = this.plans.get(key);
     if (!plan) {
-      plan = this.makePlan(g, alignmentOf(a), alignmentOf(b), alignmentOf(c));
+      if (this.plans.size >= MAX_PLANS) this.dispose();
+      const classKey = `${roundUpPow2(g.m)},${roundUpPow2(g.k)},${rest}`;
+      plan = this.makePlan(g, alignmentOf(a), alignmentOf(b), alignmentOf(c), this.algos.get(classKey));
+      if (!this.algos.has(classKey)) this.algos.set(classKey, plan.algo);
       this.plans.set(key, plan);
     }
     this.alpha[0] = alpha;
     this.beta[0] = beta;
     // Swapped operands: cuBLASLt's A is our B and its B is our A (see the header comment).
-    check(
-      'cublasLtMatmul',
-      cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, b, plan.aLayout, a, plan.bLayout, this.beta, c, plan.cLayout, c, plan.cLayout,
-        plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream),
-    );
+    const launch = () => cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, b, plan.aLayout, a, plan.bLayout, this.beta, c, plan.cLayout, c, plan.cLayout,
+      plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
+    let status = launch();
+    if (status !== 0 && plan.shared) {
+      // the class's algorithm does not fit this problem: ask the heuristic for this one
+      plan.algo = this.heuristic(plan, g, alignmentOf(a), alignmentOf(b), alignmentOf(c));
+      plan.shared = false;
+      status = launch();
+    }
+    check('cublasLtMatmul', status);
   }
 
-  private makePlan(g: RowMajorGemm, alignA: number, alignB: number, alignC: number): Plan {
+  private makePlan(g: RowMajorGemm, alignA: number, alignB: number, alignC: number, classAlgo: Buffer | undefined): Plan {
     const lt = cublasLt();
     const batch = g.batch ?? 1;
     const out: Handle[] = [null];
@@ -116,38 +137,42 @@ export class CublasLtMatmul {
       // cuBLASLt B = our A: op must be [K, M]. Stored row-major [M, K] reads column-major as [K, M].
       const bLayout = g.transA ? layout(g.abType, g.m, g.k, g.lda, g.strideA ?? 0) : layout(g.abType, g.k, g.m, g.lda, g.strideA ?? 0);
       const cLayout = layout(g.cType, g.n, g.m, g.ldc, g.strideC ?? 0);
-
-      const prefOut: Handle[] = [null];
-      check('cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(prefOut));
-      const pref = prefOut[0];
-      const results = Buffer.alloc(HEURISTIC_RESULT_BYTES);
-      const returned = [0];
-      try {
-        check('cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)',
-          lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, new BigUint64Array([BigInt(this.ctx.workspaceBytes)]), 8));
-        // Our A/B/C are cuBLASLt's B/A/C and D.
-        const aligns: [number, number][] = [[CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignB], [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignA],
-          [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignC], [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignC]];
-        for (const [attr, bytes] of aligns) {
-          check('cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)', lt.cublasLtMatmulPreferenceSetAttribute(pref, attr, new Uint32Array([bytes]), 4));
-        }
-        check('cublasLtMatmulAlgoGetHeuristic',
-          lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, desc, aLayout, bLayout, cLayout, cLayout, pref, 1, results, returned));
-      } finally {
-        lt.cublasLtMatmulPreferenceDestroy(pref);
-      }
-      if (returned[0] === 0) {
-        throw new Error(`cublasLtMatmulAlgoGetHeuristic found no algorithm for ${describe(g)}`);
-      }
-      const workspace = Number(results.readBigUInt64LE(HEURISTIC_WORKSPACE_OFFSET));
-      if (workspace > this.ctx.workspaceBytes) throw new Error(`cuBLASLt algorithm for ${describe(g)} wants ${workspace} bytes of workspace`);
-      const algo = Buffer.from(results.subarray(0, HEURISTIC_ALGO_BYTES));
-      return { desc, aLayout, bLayout, cLayout, algo };
+      const plan: Plan = { desc, aLayout, bLayout, cLayout, algo: classAlgo ?? Buffer.alloc(0), shared: classAlgo !== undefined };
+      if (!classAlgo) plan.algo = this.heuristic(plan, g, alignA, alignB, alignC);
+      return plan;
     } catch (e) {
       for (const l of layouts) lt.cublasLtMatrixLayoutDestroy(l);
       lt.cublasLtMatmulDescDestroy(desc);
       throw e;
     }
+  }
+
+  /** The heuristic's best algorithm for one problem. */
+  private heuristic(plan: Plan, g: RowMajorGemm, alignA: number, alignB: number, alignC: number): Buffer {
+    const lt = cublasLt();
+    const prefOut: Handle[] = [null];
+    check('cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(prefOut));
+    const pref = prefOut[0];
+    const results = Buffer.alloc(HEURISTIC_RESULT_BYTES);
+    const returned = [0];
+    try {
+      check('cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)',
+        lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, new BigUint64Array([BigInt(this.ctx.workspaceBytes)]), 8));
+      // Our A/B/C are cuBLASLt's B/A/C and D.
+      const aligns: [number, number][] = [[CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignB], [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignA],
+        [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignC], [CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignC]];
+      for (const [attr, bytes] of aligns) {
+        check('cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)', lt.cublasLtMatmulPreferenceSetAttribute(pref, attr, new Uint32Array([bytes]), 4));
+      }
+      check('cublasLtMatmulAlgoGetHeuristic',
+        lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, plan.desc, plan.aLayout, plan.bLayout, plan.cLayout, plan.cLayout, pref, 1, results, returned));
+    } finally {
+      lt.cublasLtMatmulPreferenceDestroy(pref);
+    }
+    if (returned[0] === 0) throw new Error(`cublasLtMatmulAlgoGetHeuristic found no algorithm for ${describe(g)}`);
+    const workspace = Number(results.readBigUInt64LE(HEURISTIC_WORKSPACE_OFFSET));
+    if (workspace > this.ctx.workspaceBytes) throw new Error(`cuBLASLt algorithm for ${describe(g)} wants ${workspace} bytes of workspace`);
+    return Buffer.from(results.subarray(0, HEURISTIC_ALGO_BYTES));
   }
 
   /** Release every plan's descriptors. */
@@ -160,6 +185,7 @@ export class CublasLtMatmul {
       lt.cublasLtMatmulDescDestroy(p.desc);
     }
     this.plans.clear();
+    this.algos.clear();
   }
 }
 
