@@ -30,6 +30,8 @@ interface RunOptions {
   configFile: string | null;
   data: string[];
   vocabSize: number;
+  /** MTP depth D overriding the preset's or config's num_nextn_predict_layers (null: keep it). */
+  mtpDepth: number | null;
   seed: number;
   trainer: TrainerOptions;
   evalEvery: number;
@@ -65,6 +67,7 @@ Run
   --weight-decay W       decoupled, on matrices only (default 0.1)
   --grad-clip C          global gradient-norm clip (default 1.0; 0 = off)
   --moments DTYPE        f32 | bf16 AdamW moments (default f32)
+  --mtp-depth D          MTP modules (default: the preset's or config's num_nextn_predict_layers; 1 for presets)
   --mtp-weight L         λ of the MTP loss (default 0.3)
   --balance-alpha A      α of the sequence-wise balance loss (default 1e-4)
   --bias-update-speed G  γ of the auxiliary-loss-free bias update (default 1e-3; 0 = off)
@@ -85,7 +88,7 @@ Output
     'vocab-size': { type: 'string' }, steps: { type: 'string' }, 'batch-size': { type: 'string' }, 'seq-len': { type: 'string' },
     'grad-accum': { type: 'string' }, lr: { type: 'string' }, 'min-lr': { type: 'string' }, warmup: { type: 'string' },
     schedule: { type: 'string' }, 'weight-decay': { type: 'string' }, 'grad-clip': { type: 'string' }, moments: { type: 'string' },
-    'mtp-weight': { type: 'string' }, 'balance-alpha': { type: 'string' }, 'bias-update-speed': { type: 'string' },
+    'mtp-weight': { type: 'string' }, 'mtp-depth': { type: 'string' }, 'balance-alpha': { type: 'string' }, 'bias-update-speed': { type: 'string' },
     recompute: { type: 'boolean' }, seed: { type: 'string' }, out: { type: 'string' }, resume: { type: 'string' },
     'eval-every': { type: 'string' }, 'eval-batches': { type: 'string' }, 'save-every': { type: 'string' },
     'keep-checkpoints': { type: 'string' }, samples: { type: 'string' }, ...deviceOption,
@@ -137,6 +140,7 @@ function runOptionsFromFlags(values: Record<string, unknown>, preset: string): R
     configFile: stringFlag(values, 'config') ?? null,
     data: (values.data as string[] | undefined) ?? [],
     vocabSize: numberFlag(values, 'vocab-size', { fallback: 4096, min: 300, integer: true })!,
+    mtpDepth: numberFlag(values, 'mtp-depth', { min: 0, max: 8, integer: true }) ?? null,
     seed: numberFlag(values, 'seed', { fallback: 0, integer: true })!,
     evalEvery: numberFlag(values, 'eval-every', { fallback: 100, min: 1, integer: true })!,
     saveEvery: numberFlag(values, 'save-every', { fallback: 200, min: 1, integer: true })!,
@@ -186,10 +190,9 @@ function trainTokenizer(run: RunOptions, dir: string): string {
 
 function modelConfig(run: RunOptions, tokenizer: Tokenizer): ModelConfig {
   const special = { bos: tokenizer.bosTokenId ?? null, eos: tokenizer.eosTokenId ?? null };
-  if (!run.configFile) return presetConfig(run.preset, tokenizer.vocabSize, special);
-  const config = readConfigFile(run.configFile);
+  const config = run.configFile ? readConfigFile(run.configFile) : presetConfig(run.preset, tokenizer.vocabSize, special);
   if (config.vocabSize < tokenizer.vocabSize) throw new Error(`${run.configFile}: vocab_size ${config.vocabSize} is smaller than the tokenizer's ${tokenizer.vocabSize}`);
-  return config;
+  return run.mtpDepth === null ? config : { ...config, numNextnPredictLayers: run.mtpDepth };
 }
 
 /** The files a checkpoint carries so that it is a complete Hugging Face directory. */

@@ -144,3 +144,17 @@ test('bad training input: one clear line and a non-zero exit', () => {
     assert.match(lines[0], pattern);
   }
 });
+
+test('--mtp-depth 2 trains two MTP modules, saved at layers L and L+1', () => {
+  const dir = path.join(work, 'depth2');
+  const r = dsv3('train', ...common, '--steps', '2', '--mtp-depth', '2', '--out', dir);
+  assert.equal(r.status, 0, r.stderr);
+  const last = metrics(dir).filter((m) => 'mtp_loss' in m).at(-1) as { mtp_loss: number[] };
+  assert.equal(last.mtp_loss.length, 2);
+  const ckpt = path.join(dir, 'checkpoint-000002');
+  assert.equal(JSON.parse(fs.readFileSync(path.join(ckpt, 'config.json'), 'utf8')).num_nextn_predict_layers, 2);
+  const file = SafetensorsFile.open(path.join(ckpt, 'model.safetensors'));
+  for (const layer of [3, 4]) assert.ok(file.has(`model.layers.${layer}.eh_proj.weight`), `MTP module at layer ${layer}`);
+  file.close();
+  assert.equal(loadPretrained(ckpt, new CpuBackend('f32')).model.mtp.length, 2);
+});
