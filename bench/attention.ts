@@ -15,29 +15,15 @@
 // the FlashAttention convention; torch's figures use the same counts (its padded V work is not
 // counted), so the ratios compare times.
 
-import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { CudaContext } from '../src/backend/cuda/context.js';
 import { flashAttentionBackward, flashAttentionForward, mlaDecode, mlaDecodePlan } from '../src/backend/cuda/flash-attention.js';
+import { appendResult, gitCommit, parseFlags, printTable, runPythonJson } from './common.js';
 
-const argv = process.argv.slice(2);
-const flag = (name: string) => argv.includes(name);
-const option = (name: string, fallback: number) => {
-  const i = argv.indexOf(name);
-  return i >= 0 && i + 1 < argv.length ? Number(argv[i + 1]) : fallback;
-};
-const ITERS = option('--iters', 20);
+const flags = parseFlags({ integers: { iters: [20, 1] }, booleans: ['no-torch'] });
+const ITERS = flags.iters;
 const B = 1, T = 4096, DK = 192, DV = 128;
 const HEADS = [16, 128];
 const DECODE = { H: 16, S: 4096, C: 512, R: 64, batches: [1, 32] };
-
-const repoFile = (rel: string) => fileURLToPath(new URL(`../../${rel}`, import.meta.url));
-
-function gitCommit(): string {
-  const out = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoFile('.'), encoding: 'utf8' });
-  return out.status === 0 ? out.stdout.trim() : 'no commit';
-}
 
 // ---- device helpers -----------------------------------------------------------------------------
 
@@ -207,19 +193,11 @@ interface TorchResult {
 }
 
 function runTorch(): TorchResult {
-  const script = repoFile('bench/attention_torch.py');
-  const args = [script, '--B', String(B), '--T', String(T), '--H', HEADS.join(','), '--dk', String(DK), '--dv', String(DV),
+  const args = ['--B', String(B), '--T', String(T), '--H', HEADS.join(','), '--dk', String(DK), '--dv', String(DV),
     '--decode-B', DECODE.batches.join(','), '--decode-H', String(DECODE.H), '--S', String(DECODE.S), '--C', String(DECODE.C), '--R', String(DECODE.R),
     '--iters', String(ITERS)];
-  const out = spawnSync('python3', args, { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
-  if (out.error) return { error: `python3 did not run: ${out.error.message}` };
-  if (out.status !== 0) return { error: `python3 exited ${out.status}: ${out.stderr.trim().split('\n').pop()}` };
-  const last = out.stdout.trim().split('\n').pop() ?? '';
-  try {
-    return JSON.parse(last) as TorchResult;
-  } catch {
-    return { error: `unreadable output from the torch script: ${last.slice(0, 200)}` };
-  }
+  const run = runPythonJson<TorchResult>('attention_torch.py', args, { echoStderr: false });
+  return run.failure === null ? run.result : { error: run.failure };
 }
 
 // ---- run ----------------------------------------------------------------------------------------
@@ -227,7 +205,7 @@ function runTorch(): TorchResult {
 const train = HEADS.map(measureTrain);
 const decode = DECODE.batches.map(measureDecode);
 ctx.dispose(); // hand the memory pool back before torch allocates
-const torch = flag('--no-torch') ? { error: 'skipped (--no-torch)' } : runTorch();
+const torch = flags['no-torch'] ? { error: 'skipped (--no-torch)' } : runTorch();
 
 for (const row of train) {
   const t = torch.train?.find((x) => x.H === row.H);
@@ -251,13 +229,6 @@ for (const row of decode) row.torchUs = torch.decode?.find((x) => x.B === row.B 
 
 const commit = gitCommit();
 const fmt = (x: number | undefined, digits = 1) => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(digits));
-const printTable = (header: string[], rows: string[][]) => {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padStart(widths[i]!)).join(' | ') + ' |';
-  console.log(line(header));
-  console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
-  for (const r of rows) console.log(line(r));
-};
 
 console.log(`causal attention, BF16, B=${B} T=${T} Dk=${DK} Dv=${DV} — ${info.name}, commit ${commit}`);
 console.log(`  torch: ${torch.error ?? `${torch.torch} (CUDA ${torch.cuda}) on ${torch.device}`}`);
@@ -284,8 +255,6 @@ printTable(
   decode.map((r) => [String(r.B), String(r.splits), fmt(r.us), fmt(r.gbps, 0), fmt(r.launchUs), fmt(r.torchUs)]),
 );
 
-const resultsPath = repoFile('bench/RESULTS.md');
-if (!existsSync(resultsPath)) writeFileSync(resultsPath, '# Benchmark results\n\n');
 const trainFigures = train
   .map((r) => r.error
     ? `H=${r.H} ${r.error}`
@@ -293,9 +262,7 @@ const trainFigures = train
       (r.torch ? ` (torch ${r.torch.backend}${r.torch.paddedV ? ', V padded' : ''} f+b ${fmt(r.torch.totalTflops)}, ours/torch ${fmt(r.torch.fwdbwdMs / (r.fwdMs! + r.bwdMs!), 2)}×)` : ''))
   .join('; ');
 const decodeFigures = decode.map((r) => `B=${r.B} ${fmt(r.us)} µs (graph; ${fmt(r.launchUs)} launched${r.torchUs !== undefined ? `, torch eager ${fmt(r.torchUs)}` : ''})`).join(', ');
-const stamp = new Date().toISOString().slice(0, 16).replace('T', ' ');
-appendFileSync(resultsPath,
-  `- ${stamp} UTC · ${info.name} · ${commit} · attention causal BF16 B=${B} T=${T} Dk=${DK} Dv=${DV}: ${trainFigures}; ` +
-  `MLA decode S=${DECODE.S} H=${DECODE.H} C=${DECODE.C} R=${DECODE.R}: ${decodeFigures}\n`);
+appendResult(info.name, commit, `attention causal BF16 B=${B} T=${T} Dk=${DK} Dv=${DV}: ${trainFigures}; ` +
+  `MLA decode S=${DECODE.S} H=${DECODE.H} C=${DECODE.C} R=${DECODE.R}: ${decodeFigures}`);
 
 console.log(JSON.stringify({ device: info.name, commit, torch: torch.error ?? torch.torch, train, decode }));

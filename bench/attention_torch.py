@@ -33,6 +33,7 @@ try:
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch_common import describe_error
 except Exception as e:  # no torch: say so in the JSON, the caller reports it
     sys.stdout.write(json.dumps({"error": f"torch unavailable: {e}"}) + "\n")
     sys.exit(0)
@@ -121,7 +122,7 @@ def train_case(B, T, H, dk, dv, iters):
             entry["fwdbwd_ms"] = median_ms(fwdbwd, iters)
             entry["bwd_ms"] = entry["fwdbwd_ms"] - entry["fwd_ms"]
         except Exception as e:
-            entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            entry["error"] = describe_error(e, limit=200)
         result["backends"][name] = entry
         torch.cuda.empty_cache()
     del q, k, v, dout, v_pad, dout_pad
@@ -158,7 +159,7 @@ for H in [int(h) for h in opts.H.split(",") if h]:
     try:
         out["train"].append(train_case(opts.B, opts.T, H, opts.dk, opts.dv, opts.iters))
     except Exception as e:  # e.g. out of memory for the largest H
-        out["train"].append({"H": H, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"})
+        out["train"].append({"H": H, "error": describe_error(e, limit=200)})
         torch.cuda.empty_cache()
 for B in [int(b) for b in opts.decode_B.split(",") if b]:
     try:

@@ -11,96 +11,34 @@
 //
 //   node dist/bench/decode.js [--prompt 128] [--new-tokens 128] [--batch 32] [--runs 3] [--torch-runs 2] [--no-torch]
 
-import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import type { Backend } from '../src/backend/backend.js';
-import { createBackend } from '../src/backend/create.js';
-import { CudaBackend } from '../src/backend/cuda/cuda-backend.js';
 import { generate } from '../src/infer/generate.js';
 import { LatentCache } from '../src/infer/latent-cache.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
-import { configToJson } from '../src/model/config.js';
 import { DeepseekV3 } from '../src/model/model.js';
-import { ParameterSet, type ParameterSource } from '../src/model/parameters.js';
+import { ParameterSet } from '../src/model/parameters.js';
 import { encodeFromFloat } from '../src/tensor/dtypes.js';
-import { numel, type Tensor } from '../src/tensor/tensor.js';
+import type { Tensor } from '../src/tensor/tensor.js';
 import { presetConfig } from '../src/train/presets.js';
 import { Random } from '../src/util/random.js';
+import {
+  appendResult, createCudaBackend, gitCommit, jsonLines, median, parseFlags, PooledRandomParameters, printTable, pythonNote, runPython, withHuggingFaceDir,
+  writeJson,
+} from './common.js';
 
-const { values: flags } = parseArgs({
-  options: {
-    prompt: { type: 'string', default: '128' },
-    'new-tokens': { type: 'string', default: '128' },
-    batch: { type: 'string', default: '32' },
-    runs: { type: 'string', default: '3' },
-    'torch-runs': { type: 'string', default: '2' },
-    'torch-timeout': { type: 'string', default: '420' },
-    'no-torch': { type: 'boolean', default: false },
-  },
+const flags = parseFlags({
+  integers: { prompt: [128, 1], 'new-tokens': [128, 2], batch: [32, 2], runs: [3, 1], 'torch-runs': [2, 1], 'torch-timeout': [420, 10] },
+  booleans: ['no-torch'],
 });
-const PROMPT = Number(flags.prompt), NEW = Number(flags['new-tokens']), BATCH = Number(flags.batch), RUNS = Number(flags.runs);
-const TORCH_RUNS = Number(flags['torch-runs']), TORCH_TIMEOUT = Number(flags['torch-timeout']);
-for (const [name, v, min] of [['prompt', PROMPT, 1], ['new-tokens', NEW, 2], ['batch', BATCH, 2], ['runs', RUNS, 1], ['torch-runs', TORCH_RUNS, 1], ['torch-timeout', TORCH_TIMEOUT, 10]] as const) {
-  if (!Number.isInteger(v) || v < min) throw new Error(`--${name} ${v}: an integer ≥ ${min}`);
-}
+const PROMPT = flags.prompt, NEW = flags['new-tokens'], BATCH = flags.batch, RUNS = flags.runs;
+const TORCH_RUNS = flags['torch-runs'], TORCH_TIMEOUT = flags['torch-timeout'];
 const VOCAB = 32768;
-
-const repoFile = (rel: string) => fileURLToPath(new URL(`../../${rel}`, import.meta.url));
-
-function gitCommit(): string {
-  if (process.env.DSV3_COMMIT) return process.env.DSV3_COMMIT;
-  const out = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoFile('.'), encoding: 'utf8' });
-  return out.status === 0 ? out.stdout.trim() : 'no commit';
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
-
-/**
- * Random weights by Hugging Face name, like RandomParameters (matrices N(0, 0.02²), norms 1, biases 0)
- * but fast at this size: matrices are filled with runs copied from a pool of normals at random offsets.
- */
-class PooledRandomParameters implements ParameterSource {
-  private readonly pool: Float32Array;
-  private readonly rng: Random;
-
-  constructor(private readonly backend: Backend, seed: number, std = 0.02) {
-    this.rng = new Random(seed);
-    this.pool = new Float32Array(1 << 20);
-    for (let i = 0; i < this.pool.length; i++) this.pool[i] = std * this.rng.normal();
-  }
-
-  has(): boolean {
-    return true;
-  }
-
-  get(name: string, shape: readonly number[]): Tensor {
-    const n = numel(shape);
-    const data = new Float32Array(n);
-    if (/(layernorm|norm)\.weight$/.test(name)) data.fill(1);
-    else if (!name.endsWith('e_score_correction_bias')) {
-      const run = 4096;
-      for (let at = 0; at < n; at += run) {
-        const from = this.rng.nextUint32() % (this.pool.length - run);
-        data.set(this.pool.subarray(from, from + Math.min(run, n - at)), at);
-      }
-    }
-    return this.backend.upload(data, shape);
-  }
-}
 
 // ---- ours ----------------------------------------------------------------------------------------
 
 // Inference keeps no gradients or moments: parameters stored in BF16.
-const backend = await createBackend({ device: 'cuda', storageDType: 'bf16' });
-if (!(backend instanceof CudaBackend)) throw new Error(`createBackend({ device: 'cuda' }) returned the ${backend.name} backend, not CudaBackend`);
+const backend = await createCudaBackend({ storageDType: 'bf16' });
 const ctx = backend.ctx;
 const gpu = ctx.describe().name;
 const config = presetConfig('small', VOCAB, { bos: 0, eos: 1 });
@@ -217,10 +155,8 @@ if (flags['no-torch']) {
   torchNote = 'not run (--no-torch)';
   backend.dispose();
 } else {
-  const dir = mkdtempSync(join(tmpdir(), 'dsv3-decode-'));
-  try {
+  const run = withHuggingFaceDir('dsv3-decode-', config, (dir) => {
     const t0 = performance.now();
-    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...configToJson(config), dtype: 'bfloat16' }, null, 2) + '\n');
     writeSafetensors(join(dir, 'model.safetensors'), params.all().map((p) => {
       const dtype = p.name.endsWith('e_score_correction_bias') ? 'F32' as const : 'BF16' as const;
       return { name: p.name, dtype, shape: [...p.value.shape], data: () => encodeFromFloat(dtype, backend.download(p.value)) };
@@ -228,25 +164,11 @@ if (flags['no-torch']) {
     writeFileSync(join(dir, 'prompts.json'), JSON.stringify(prompts));
     console.log(`# wrote the weights as a Hugging Face directory in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     backend.dispose(); // hands the GPU's memory back before PyTorch starts
-    const out = spawnSync('python3', [repoFile('bench/decode_torch.py'), '--model-dir', dir, '--prompts', join(dir, 'prompts.json'), '--new-tokens', String(NEW),
-      '--batches', `1,${BATCH}`, '--runs', String(TORCH_RUNS)], { encoding: 'utf8', timeout: TORCH_TIMEOUT * 1000, maxBuffer: 64 << 20 });
-    process.stderr.write(out.stderr ?? '');
-    for (const l of (out.stdout ?? '').split('\n')) {
-      if (!l.startsWith('{')) continue;
-      try {
-        torchLines.push(JSON.parse(l) as TorchLine);
-      } catch {
-        // a partial line from a killed process
-      }
-    }
-    const info = (out.stdout ?? '').split('\n').find((l) => l.startsWith('# versions'));
-    if (out.error && (out.error as NodeJS.ErrnoException).code === 'ETIMEDOUT') torchNote = `python3 killed after ${TORCH_TIMEOUT} s (--torch-timeout)`;
-    else if (out.error) torchNote = `python3 did not run: ${out.error.message}`;
-    else if (out.status !== 0) torchNote = `python3 exited ${out.status}: ${(out.stderr ?? '').trim().split('\n').pop()}`;
-    else torchNote = info ? info.slice(2) : 'ok';
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+    return runPython('decode_torch.py', ['--model-dir', dir, '--prompts', join(dir, 'prompts.json'), '--new-tokens', String(NEW),
+      '--batches', `1,${BATCH}`, '--runs', String(TORCH_RUNS)], { timeoutS: TORCH_TIMEOUT, timeoutFlag: '--torch-timeout' });
+  });
+  torchLines.push(...jsonLines<TorchLine>(run.stdout));
+  torchNote = pythonNote(run);
 }
 
 // ---- report --------------------------------------------------------------------------------------
@@ -266,34 +188,21 @@ const agree = hfTokens1 && oursTokens1.length ? (() => {
 })() : 'n/a';
 console.log(`greedy decoding, small preset (random weights, the same in both), BF16, prompt ${PROMPT}, ${NEW} new tokens — decode tokens/s — ${gpu}, commit ${commit}`);
 console.log(`  transformers: ${torchNote}`);
-const header = ['batch', 'ours', 'transformers', 'ours/transformers', 'goal'];
-const table = ours.map((r) => {
+printTable(['batch', 'ours', 'transformers', 'ours/transformers', 'goal'], ours.map((r) => {
   const ratio = ratioOf(r);
   return [String(r.batch), fmt(r.tokensPerSecond), fmt(hf(r.batch)?.tokens_per_s), ratio === null ? 'n/a' : `${ratio.toFixed(1)}×`, `≥ ${goals[r.batch]}×`];
-});
-const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
-const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padStart(widths[i]!)).join(' | ') + ' |';
-console.log(line(header));
-console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
-for (const t of table) console.log(line(t));
+}));
 console.log(`batch 1 greedy tokens shared with transformers: ${agree} (BF16 kernels differ, so a late divergence is expected)`);
 const errors = [...ours.filter((r) => r.error).map((r) => `ours batch ${r.batch}: ${r.error}`), ...torchLines.filter((l) => l.error).map((l) => `transformers batch ${l.batch}: ${l.error}`)];
 if (!flags['no-torch']) for (const b of [1, BATCH]) if (!hf(b)) errors.push(`transformers batch ${b}: no result`);
 for (const e of errors) console.log(`  error: ${e}`);
 
-const resultsPath = repoFile('bench/RESULTS.md');
-if (!existsSync(resultsPath)) writeFileSync(resultsPath, '# Benchmark results\n\n');
-const stamp = new Date().toISOString().slice(0, 16).replace('T', ' ');
 const figures = ours.map((r) => {
   const ratio = ratioOf(r);
   return `batch ${r.batch} ours ${fmt(r.tokensPerSecond)}, transformers ${fmt(hf(r.batch)?.tokens_per_s)} (${ratio === null ? 'n/a' : `${ratio.toFixed(1)}×`})`;
 }).join('; ');
-appendFileSync(resultsPath, `- ${stamp} UTC · ${gpu} · ${commit} · decode small BF16 greedy, prompt ${PROMPT} + ${NEW} new, tokens/s: ${figures}\n`);
+appendResult(gpu, commit, `decode small BF16 greedy, prompt ${PROMPT} + ${NEW} new, tokens/s: ${figures}`);
 
 const json = { bench: 'decode', date: new Date().toISOString(), gpu, commit, prompt: PROMPT, newTokens: NEW, ours, transformers: torchLines, torchNote, greedyAgreement: agree };
-if (process.env.OUT) {
-  mkdirSync(process.env.OUT, { recursive: true });
-  writeFileSync(join(process.env.OUT, 'decode.json'), JSON.stringify(json, null, 2) + '\n');
-}
-console.log(JSON.stringify({ ...json, transformers: torchLines.map((l) => ({ ...l, tokens: undefined })) }));
+writeJson('decode', json, { ...json, transformers: torchLines.map((l) => ({ ...l, tokens: undefined })) });
 if (errors.length > 0) process.exitCode = 1;

@@ -13,6 +13,7 @@ import sys
 import time
 
 import torch
+from torch_common import SMALL_CONFIG, cuda_device, describe_error, median, print_versions, timed
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-dir")
@@ -26,20 +27,8 @@ opts = parser.parse_args()
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, DeepseekV3Config  # noqa: E402
 
-if not torch.cuda.is_available():
-    sys.exit("decode_torch.py: torch sees no CUDA device")
-dev = torch.device("cuda")
-print(f"# versions torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
-
-# src/train/presets.ts, `small`, with a 32768-token vocabulary (only used without --model-dir)
-SMALL = dict(
-    vocab_size=32768, hidden_size=1024, intermediate_size=2816, moe_intermediate_size=512, num_hidden_layers=12, first_k_dense_replace=1,
-    num_attention_heads=16, num_key_value_heads=16, q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32,
-    v_head_dim=64, n_routed_experts=32, n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2, routed_scaling_factor=2.5,
-    norm_topk_prob=True, topk_method="noaux_tc", scoring_func="sigmoid", max_position_embeddings=4096, rms_norm_eps=1e-6,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rope_interleave=True, tie_word_embeddings=False,
-    attention_bias=False, bos_token_id=0, eos_token_id=1,
-)
+dev = cuda_device("decode_torch.py")
+print_versions(transformers)
 
 
 def load_model():
@@ -50,7 +39,7 @@ def load_model():
             return AutoModelForCausalLM.from_pretrained(opts.model_dir, torch_dtype=torch.bfloat16)
     torch.manual_seed(0)
     with torch.device(dev):
-        return AutoModelForCausalLM.from_config(DeepseekV3Config(**SMALL))
+        return AutoModelForCausalLM.from_config(DeepseekV3Config(**SMALL_CONFIG))
 
 
 t0 = time.perf_counter()
@@ -72,18 +61,10 @@ else:
 
 
 def generate(ids, new_tokens):
-    torch.cuda.synchronize()
-    start = time.perf_counter()
+    """(seconds, the new tokens) of a greedy generate() of `new_tokens` tokens after `ids`."""
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, use_cache=True)
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, out[:, ids.shape[1]:]
-
-
-def median(xs):
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+        seconds, out = timed(lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, use_cache=True))
+    return seconds, out[:, ids.shape[1]:]
 
 
 for batch in batches:
@@ -104,5 +85,5 @@ for batch in batches:
         line["tokens_per_s"] = batch * (opts.new_tokens - 1) / decode_s
         print(f"# transformers batch {batch}: {line['tokens_per_s']:.0f} tokens/s ({opts.new_tokens} tokens in {median(line['full_s']):.2f} s, first in {median(line['first_s']):.3f} s)", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 (reported in the JSON line)
-        line["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        line["error"] = describe_error(e)
     print(json.dumps(line), flush=True)

@@ -14,6 +14,7 @@ import json
 import sys
 
 import torch
+from torch_common import cuda_device, describe_error, median_ms
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--shapes", required=True)
@@ -21,26 +22,8 @@ parser.add_argument("--iters", type=int, default=30)
 parser.add_argument("--warmup", type=int, default=10)
 opts = parser.parse_args()
 
-if not torch.cuda.is_available():
-    sys.exit("gemm_torch.py: torch sees no CUDA device")
-dev = torch.device("cuda")
+dev = cuda_device("gemm_torch.py")
 torch.manual_seed(0)
-
-
-def median_ms(fn):
-    for _ in range(opts.warmup):
-        fn()
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(opts.iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(opts.iters)]
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    n = len(times)
-    return times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
 
 
 def quantize_1x128(x):
@@ -81,7 +64,7 @@ for spec in opts.shapes.split(","):
     y = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
     try:
         wt = w.t()
-        row["bf16_ms"] = median_ms(lambda: torch.mm(x, wt, out=y))
+        row["bf16_ms"] = median_ms(lambda: torch.mm(x, wt, out=y), opts.iters, opts.warmup)
     except Exception as e:  # noqa: BLE001 (reported, the other figures still count)
         errors.append(f"bf16: {type(e).__name__}: {e}")
     if m % 128 or n % 128 or k % 128:
@@ -105,7 +88,7 @@ for spec in opts.shapes.split(","):
                     call = fn
                     break
                 except Exception as e:  # noqa: BLE001
-                    failures.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    failures.append(f"{name}: {describe_error(e)}")
             if out is None:
                 raise RuntimeError("; ".join(failures))
             # the call must mean what we think: compare with the dequantized product
@@ -117,7 +100,7 @@ for spec in opts.shapes.split(","):
             if not err < 2e-2:
                 errors.append(f"fp8: {fp8_api} differs from the dequantized product by {err:.3g} (max relative): wrong scale layout?")
             else:
-                row["fp8_ms"] = median_ms(lambda: call(a, b, scale_a, scale_b))
+                row["fp8_ms"] = median_ms(lambda: call(a, b, scale_a, scale_b), opts.iters, opts.warmup)
             del ref, out
         except Exception as e:  # noqa: BLE001
             errors.append(f"fp8: {type(e).__name__}: {e}")

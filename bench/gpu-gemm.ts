@@ -10,90 +10,46 @@
 //   node dist/bench/gpu-gemm.js [--iters 30] [--warmup 10] [--shapes 4096x24576x1536,...] [--no-torch]
 //   (shapes are M×N×K)
 
-import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { CudaContext, type CudaEvent } from '../src/backend/cuda/context.js';
+import { CudaContext } from '../src/backend/cuda/context.js';
 import { CublasLtMatmul } from '../src/backend/cuda/matmul.js';
 import {
   Fp8BlockScaledGemm, fp8GemmUnsupported, quantizeActivations1x128, quantizeWeights128x128, activationScaleLayout, weightScaleLayout,
 } from '../src/backend/cuda/fp8-matmul.js';
-import { encodeFromFloat } from '../src/tensor/dtypes.js';
+import { appendResult, Bf16Pool, EventTimer, gitCommit, parseFlags, printTable, runPythonJson, writeJson } from './common.js';
 
 // DeepSeek-V3's q_b (24576×1536), kv_b (32768×512), o_proj (7168×16384), a fused gate/up pair of
 // the shared expert (4096×7168) and an expert's down projection (7168×2048), at M = 4096; then
 // o_proj's transpose orientation (N = 16384, K = 7168) as a wide-output case.
 const DEFAULT_SHAPES = '4096x24576x1536,4096x32768x512,4096x7168x16384,4096x4096x7168,4096x7168x2048,4096x16384x7168';
 
-const { values: flags } = parseArgs({
-  options: {
-    iters: { type: 'string', default: '30' },
-    warmup: { type: 'string', default: '10' },
-    shapes: { type: 'string', default: DEFAULT_SHAPES },
-    'no-torch': { type: 'boolean', default: false },
-  },
-});
-const ITERS = Number(flags.iters), WARMUP = Number(flags.warmup);
-if (!Number.isInteger(ITERS) || ITERS < 20) throw new Error(`--iters ${flags.iters}: at least 20 timed iterations`);
-if (!Number.isInteger(WARMUP) || WARMUP < 1) throw new Error(`--warmup ${flags.warmup}: a positive integer`);
-const shapes = flags.shapes!.split(',').map((s) => {
+const flags = parseFlags({ integers: { iters: [30, 20], warmup: [10, 1] }, strings: { shapes: DEFAULT_SHAPES }, booleans: ['no-torch'] });
+const ITERS = flags.iters, WARMUP = flags.warmup;
+const shapes = flags.shapes.split(',').map((s) => {
   const dims = s.toLowerCase().split('x').map(Number);
   if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d > 0)) throw new Error(`--shapes: "${s}" is not M×N×K (e.g. 4096x7168x2048)`);
   return { M: dims[0]!, N: dims[1]!, K: dims[2]! };
 });
 
-const repoFile = (rel: string) => fileURLToPath(new URL(`../../${rel}`, import.meta.url));
-
-function gitCommit(): string {
-  if (process.env.DSV3_COMMIT) return process.env.DSV3_COMMIT;
-  const out = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoFile('.'), encoding: 'utf8' });
-  return out.status === 0 ? out.stdout.trim() : 'no commit';
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
-
 // ---- measuring ---------------------------------------------------------------------------------
 
 const ctx = CudaContext.create(0);
 const device = ctx.describe();
-const starts: CudaEvent[] = Array.from({ length: ITERS }, () => ctx.createEvent());
-const ends: CudaEvent[] = Array.from({ length: ITERS }, () => ctx.createEvent());
+const timer = new EventTimer(ctx, ITERS, WARMUP);
 
-/** Median milliseconds of `run` over ITERS iterations, each between its own pair of events, after WARMUP runs. */
-function timeOnDevice(run: () => void): number {
-  for (let i = 0; i < WARMUP; i++) run();
-  ctx.synchronize();
-  for (let i = 0; i < ITERS; i++) {
-    starts[i]!.record();
-    run();
-    ends[i]!.record();
-  }
-  ends[ITERS - 1]!.synchronize();
-  return median(starts.map((s, i) => ends[i]!.elapsedSince(s)));
-}
-
-// Random BF16 data: a pool of normals uploaded once and tiled over each buffer by device copies
-// (values repeat every POOL elements, which no GEMM timing can tell).
-const POOL = 1 << 20;
+// Random BF16 data: a pool of normals tiled over each buffer.
 const pool = (() => {
-  const x = new Float32Array(POOL);
-  for (let i = 0; i < POOL; i += 2) {
+  const x = new Float32Array(1 << 20);
+  for (let i = 0; i < x.length; i += 2) {
     const r = Math.sqrt(-2 * Math.log(1 - Math.random())), t = 2 * Math.PI * Math.random();
     x[i] = r * Math.cos(t);
     x[i + 1] = r * Math.sin(t);
   }
-  return ctx.upload(encodeFromFloat('BF16', x));
+  return new Bf16Pool(ctx, x);
 })();
 
 function randomBf16(n: number): number {
   const ptr = ctx.alloc(2 * n);
-  for (let at = 0; at < n; at += POOL) ctx.copyDeviceToDevice(ptr + 2 * at, pool, 2 * Math.min(POOL, n - at));
+  pool.fill(ptr, n);
   return ptr;
 }
 
@@ -120,7 +76,7 @@ for (const { M, N, K } of shapes) {
   rows.push(row);
   const x = randomBf16(M * K), w = randomBf16(N * K), y = ctx.alloc(2 * M * N);
   try {
-    const ms = timeOnDevice(() => matmul.run({ m: M, n: N, k: K, abType: 'bf16', cType: 'bf16', transA: false, transB: true, lda: K, ldb: K, ldc: N }, x, w, y));
+    const ms = timer.time(() => matmul.run({ m: M, n: N, k: K, abType: 'bf16', cType: 'bf16', transA: false, transB: true, lda: K, ldb: K, ldc: N }, x, w, y));
     row.oursBf16 = tflops(M, N, K, ms);
   } catch (e) {
     row.errors.push(`ours bf16: ${(e as Error).message}`);
@@ -131,7 +87,7 @@ for (const { M, N, K } of shapes) {
     try {
       quantizeActivations1x128(ctx, { rows: M, cols: K, input: x, inputType: 'bf16', codes: a, scales: aScale });
       quantizeWeights128x128(ctx, { rows: N, cols: K, input: w, inputType: 'bf16', codes: b, scales: bScale });
-      const ms = timeOnDevice(() => fp8.run({ M, N, K, a, aScale, b, bScale, d: y, dType: 'bf16' }));
+      const ms = timer.time(() => fp8.run({ M, N, K, a, aScale, b, bScale, d: y, dType: 'bf16' }));
       row.oursFp8 = tflops(M, N, K, ms);
     } catch (e) {
       row.errors.push(`ours fp8: ${(e as Error).message}`);
@@ -145,8 +101,8 @@ for (const { M, N, K } of shapes) {
 }
 fp8?.dispose();
 matmul.dispose();
-for (const e of [...starts, ...ends]) e.destroy();
-ctx.free(pool);
+timer.destroy();
+pool.free();
 ctx.dispose();
 
 // ---- PyTorch, in its own process after ours released the GPU ----------------------------------
@@ -173,21 +129,9 @@ let torch: TorchResult | null = null;
 if (flags['no-torch']) {
   torchNote = 'not run (--no-torch)';
 } else {
-  const out = spawnSync('python3', [repoFile('bench/gemm_torch.py'), '--shapes', shapes.map((s) => `${s.M}x${s.N}x${s.K}`).join(','), '--iters', String(ITERS), '--warmup', String(WARMUP)], {
-    encoding: 'utf8', timeout: 300_000, maxBuffer: 64 << 20,
-  });
-  process.stderr.write(out.stderr ?? '');
-  const last = (out.stdout ?? '').trim().split('\n').pop() ?? '';
-  if (out.error) torchNote = `python3 did not run: ${out.error.message}`;
-  else if (out.status !== 0) torchNote = `python3 exited ${out.status}: ${(out.stderr ?? '').trim().split('\n').pop()}`;
-  else {
-    try {
-      torch = JSON.parse(last) as TorchResult;
-      torchNote = `torch ${torch.torch}, CUDA ${torch.cuda}, FP8 through ${torch.fp8_api}`;
-    } catch {
-      torchNote = `unreadable output from gemm_torch.py: ${last.slice(0, 200)}`;
-    }
-  }
+  const run = runPythonJson<TorchResult>('gemm_torch.py', ['--shapes', shapes.map((s) => `${s.M}x${s.N}x${s.K}`).join(','), '--iters', String(ITERS), '--warmup', String(WARMUP)], { timeoutS: 300 });
+  torch = run.result;
+  torchNote = run.failure ?? `torch ${run.result.torch}, CUDA ${run.result.cuda}, FP8 through ${run.result.fp8_api}`;
 }
 for (const row of rows) {
   const t = torch?.rows.find((r) => r.M === row.M && r.N === row.N && r.K === row.K);
@@ -206,13 +150,8 @@ const ratio = (a: number | null, b: number | null) => (a === null || b === null 
 
 console.log(`GEMM TFLOP/s, median of ${ITERS} iterations (CUDA events) after ${WARMUP} warm-up — ${gpu}, cuBLASLt ${device.cublasLtVersion}, commit ${commit}`);
 console.log(`  torch: ${torchNote}`);
-const header = ['M×N×K', 'BF16 ours', 'BF16 torch', 'ours/torch', 'FP8 ours', 'FP8 torch', 'ours/torch'];
-const table = rows.map((r) => [`${r.M}×${r.N}×${r.K}`, fmt(r.oursBf16), fmt(r.torchBf16), ratio(r.oursBf16, r.torchBf16), fmt(r.oursFp8), fmt(r.torchFp8), ratio(r.oursFp8, r.torchFp8)]);
-const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
-const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padStart(widths[i]!)).join(' | ') + ' |';
-console.log(line(header));
-console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
-for (const t of table) console.log(line(t));
+printTable(['M×N×K', 'BF16 ours', 'BF16 torch', 'ours/torch', 'FP8 ours', 'FP8 torch', 'ours/torch'],
+  rows.map((r) => [`${r.M}×${r.N}×${r.K}`, fmt(r.oursBf16), fmt(r.torchBf16), ratio(r.oursBf16, r.torchBf16), fmt(r.oursFp8), fmt(r.torchFp8), ratio(r.oursFp8, r.torchFp8)]));
 const geo = (xs: (number | null)[]) => {
   const v = xs.filter((x): x is number => x !== null && x > 0);
   return v.length ? Math.exp(v.reduce((s, x) => s + Math.log(x), 0) / v.length) : null;
@@ -223,18 +162,10 @@ console.log(`geometric mean ours/torch: BF16 ${bf16Ratio?.toFixed(2) ?? 'n/a'}×
 const errors = rows.flatMap((r) => r.errors.map((e) => `${r.M}×${r.N}×${r.K}: ${e}`));
 for (const e of errors) console.log(`  error: ${e}`);
 
-const resultsPath = repoFile('bench/RESULTS.md');
-if (!existsSync(resultsPath)) writeFileSync(resultsPath, '# Benchmark results\n\n');
 const figures = rows
   .map((r) => `${r.M}×${r.N}×${r.K} bf16 ${fmt(r.oursBf16)}/${fmt(r.torchBf16)} (${ratio(r.oursBf16, r.torchBf16)}), fp8 ${fmt(r.oursFp8)}/${fmt(r.torchFp8)} (${ratio(r.oursFp8, r.torchFp8)})`)
   .join('; ');
-const stamp = new Date().toISOString().slice(0, 16).replace('T', ' ');
-appendFileSync(resultsPath, `- ${stamp} UTC · ${gpu} · ${commit} · gpu-gemm TFLOP/s ours/torch (median of ${ITERS}): ${figures}; geomean bf16 ${bf16Ratio?.toFixed(2) ?? 'n/a'}×, fp8 ${fp8Ratio?.toFixed(2) ?? 'n/a'}×\n`);
+appendResult(gpu, commit, `gpu-gemm TFLOP/s ours/torch (median of ${ITERS}): ${figures}; geomean bf16 ${bf16Ratio?.toFixed(2) ?? 'n/a'}×, fp8 ${fp8Ratio?.toFixed(2) ?? 'n/a'}×`);
 
-const json = { bench: 'gpu-gemm', date: new Date().toISOString(), gpu, commit, cublasLt: device.cublasLtVersion, torch: torchNote, iters: ITERS, rows, bf16Ratio, fp8Ratio };
-if (process.env.OUT) {
-  mkdirSync(process.env.OUT, { recursive: true });
-  writeFileSync(join(process.env.OUT, 'gpu-gemm.json'), JSON.stringify(json, null, 2) + '\n');
-}
-console.log(JSON.stringify(json));
+writeJson('gpu-gemm', { bench: 'gpu-gemm', date: new Date().toISOString(), gpu, commit, cublasLt: device.cublasLtVersion, torch: torchNote, iters: ITERS, rows, bf16Ratio, fp8Ratio });
 if (errors.length > 0 || (!flags['no-torch'] && torch === null)) process.exitCode = 1;

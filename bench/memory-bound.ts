@@ -8,77 +8,26 @@
 //
 //   node dist/bench/memory-bound.js [--iters 20] [--warmup 5] [--tokens 16384] [--no-torch]
 
-import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { createBackend } from '../src/backend/create.js';
-import { CudaBackend, CudaTensor } from '../src/backend/cuda/cuda-backend.js';
-import type { CudaEvent } from '../src/backend/cuda/context.js';
+import { CudaTensor } from '../src/backend/cuda/cuda-backend.js';
 import { quantizeActivations1x128, quantizeWeights128x128, activationScaleLayout, weightScaleLayout } from '../src/backend/cuda/fp8-matmul.js';
 import type { Tensor } from '../src/tensor/tensor.js';
-import { encodeFromFloat } from '../src/tensor/dtypes.js';
+import { appendResult, Bf16Pool, createCudaBackend, EventTimer, gitCommit, parseFlags, printTable, runPythonJson, writeJson } from './common.js';
 
-const { values: flags } = parseArgs({
-  options: {
-    iters: { type: 'string', default: '20' },
-    warmup: { type: 'string', default: '5' },
-    tokens: { type: 'string', default: '16384' },
-    'no-torch': { type: 'boolean', default: false },
-  },
-});
-const ITERS = Number(flags.iters), WARMUP = Number(flags.warmup), T = Number(flags.tokens);
-if (!Number.isInteger(ITERS) || ITERS < 5) throw new Error(`--iters ${flags.iters}: at least 5`);
-if (!Number.isInteger(WARMUP) || WARMUP < 1) throw new Error(`--warmup ${flags.warmup}: a positive integer`);
-if (!Number.isInteger(T) || T < 1) throw new Error(`--tokens ${flags.tokens}: a positive integer`);
+const flags = parseFlags({ integers: { iters: [20, 5], warmup: [5, 1], tokens: [16384, 1] }, booleans: ['no-torch'] });
+const ITERS = flags.iters, WARMUP = flags.warmup, T = flags.tokens;
 
 // DeepSeek-V3 sizes: hidden 7168, dense FFN 18432, 128 query heads of 128 + 64 (RoPE on the last 64).
 const D = 7168, FFN = 18432, HEADS = 128, NOPE = 128, ROT = 64;
 const COPY_BYTES = 1 << 30;
 
-const repoFile = (rel: string) => fileURLToPath(new URL(`../../${rel}`, import.meta.url));
-
-function gitCommit(): string {
-  if (process.env.DSV3_COMMIT) return process.env.DSV3_COMMIT;
-  const out = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoFile('.'), encoding: 'utf8' });
-  return out.status === 0 ? out.stdout.trim() : 'no commit';
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
-
-const backend = await createBackend({ device: 'cuda' });
-if (!(backend instanceof CudaBackend)) throw new Error(`createBackend({ device: 'cuda' }) returned the ${backend.name} backend, not CudaBackend`);
+const backend = await createCudaBackend();
 const b = backend;
 const ctx = b.ctx;
 const gpu = ctx.describe().name;
-const starts: CudaEvent[] = Array.from({ length: ITERS }, () => ctx.createEvent());
-const ends: CudaEvent[] = Array.from({ length: ITERS }, () => ctx.createEvent());
+const timer = new EventTimer(ctx, ITERS, WARMUP);
 
-/** Median milliseconds of `run` on the device over ITERS iterations, after WARMUP. */
-function timeOnDevice(run: (i: number) => void): number {
-  for (let i = 0; i < WARMUP; i++) run(i);
-  ctx.synchronize();
-  for (let i = 0; i < ITERS; i++) {
-    starts[i]!.record();
-    run(WARMUP + i);
-    ends[i]!.record();
-  }
-  ends[ITERS - 1]!.synchronize();
-  return median(starts.map((s, i) => ends[i]!.elapsedSince(s)));
-}
-
-// Random BF16 values: a pool uploaded once and tiled over each tensor by device copies.
-const POOL = 1 << 20;
-const pool = (() => {
-  const x = new Float32Array(POOL);
-  for (let i = 0; i < POOL; i++) x[i] = (Math.random() * 2 - 1) * 2;
-  return ctx.upload(encodeFromFloat('BF16', x));
-})();
+// Random BF16 values, tiled over each tensor.
+const pool = new Bf16Pool(ctx, Float32Array.from({ length: 1 << 20 }, () => (Math.random() * 2 - 1) * 2));
 
 function dev(t: Tensor): CudaTensor {
   if (!(t instanceof CudaTensor)) throw new Error('expected a CUDA tensor');
@@ -88,8 +37,7 @@ function dev(t: Tensor): CudaTensor {
 /** A BF16 tensor of random values (activations are BF16 in the backend's default mode). */
 function randomTensor(shape: number[]): CudaTensor {
   const t = b.zeros(shape, 'bf16');
-  const n = t.numel;
-  for (let at = 0; at < n; at += POOL) ctx.copyDeviceToDevice(t.ptr + 2 * at, pool, 2 * Math.min(POOL, n - at));
+  pool.fill(t.ptr, t.numel);
   return t;
 }
 
@@ -113,7 +61,7 @@ function measure(op: string, shape: string, setup: () => { bytes: number; run: (
     const s = setup();
     cleanup = s.cleanup;
     row.bytes = s.bytes;
-    row.ms = timeOnDevice(s.run);
+    row.ms = timer.time(s.run);
     row.gbs = s.bytes / (row.ms * 1e-3) / 1e9;
   } catch (e) {
     row.error = (e as Error).message.split('\n')[0]!;
@@ -132,7 +80,7 @@ const bytesOf = (t: Tensor) => dev(t).bytes;
 
 measure('copy (cuMemcpyDtoD)', `${COPY_BYTES >> 20} MiB`, () => {
   const src = ctx.alloc(COPY_BYTES), dst = ctx.alloc(COPY_BYTES);
-  for (let at = 0; at < COPY_BYTES; at += 2 * POOL) ctx.copyDeviceToDevice(src + at, pool, Math.min(2 * POOL, COPY_BYTES - at));
+  pool.fill(src, COPY_BYTES / 2);
   return { bytes: 2 * COPY_BYTES, run: () => ctx.copyDeviceToDevice(dst, src, COPY_BYTES), cleanup: () => { ctx.free(src); ctx.free(dst); } };
 });
 
@@ -211,8 +159,8 @@ measure('FP8 quantize 128×128 (weights)', `[${FFN}, ${D}] bf16`, () => {
   };
 });
 
-for (const e of [...starts, ...ends]) e.destroy();
-ctx.free(pool);
+timer.destroy();
+pool.free();
 ctx.synchronize();
 backend.dispose();
 
@@ -229,21 +177,9 @@ let torchNote = '';
 if (flags['no-torch']) {
   torchNote = 'not run (--no-torch)';
 } else {
-  const out = spawnSync('python3', [repoFile('bench/memory_bound_torch.py'), '--tokens', String(T), '--iters', String(ITERS), '--warmup', String(WARMUP)], {
-    encoding: 'utf8', timeout: 240_000, maxBuffer: 64 << 20,
-  });
-  process.stderr.write(out.stderr ?? '');
-  const last = (out.stdout ?? '').trim().split('\n').pop() ?? '';
-  if (out.error) torchNote = `python3 did not run: ${out.error.message}`;
-  else if (out.status !== 0) torchNote = `python3 exited ${out.status}: ${(out.stderr ?? '').trim().split('\n').pop()}`;
-  else {
-    try {
-      torch = JSON.parse(last) as TorchResult;
-      torchNote = `torch ${torch.torch}`;
-    } catch {
-      torchNote = `unreadable output from memory_bound_torch.py: ${last.slice(0, 200)}`;
-    }
-  }
+  const run = runPythonJson<TorchResult>('memory_bound_torch.py', ['--tokens', String(T), '--iters', String(ITERS), '--warmup', String(WARMUP)], { timeoutS: 240 });
+  torch = run.result;
+  torchNote = run.failure ?? `torch ${run.result.torch}`;
 }
 const TORCH_KEYS: Record<string, string> = {
   'copy (cuMemcpyDtoD)': 'copy', RMSNorm: 'rmsnorm', SwiGLU: 'swiglu', 'AdamW step': 'adamw', 'FP8 quantize 1×128 (activations)': 'quantize_1x128',
@@ -261,30 +197,17 @@ const fmt = (x: number | null, digits = 0) => (x === null ? 'n/a' : x.toFixed(di
 const pct = (x: number | null) => (x === null || copy === null ? 'n/a' : `${((100 * x) / copy).toFixed(0)}%`);
 console.log(`memory-bound ops, GB/s (bytes read + written), median of ${ITERS} after ${WARMUP} warm-up — ${gpu}, commit ${commit}`);
 console.log(`  reference: ${torchNote}`);
-const header = ['op', 'size', 'MB moved', 'ms', 'GB/s', '% of copy', 'torch GB/s', 'ours/torch'];
-const table = rows.map((r) => [r.op, r.shape, (r.bytes / 1e6).toFixed(0), fmt(r.ms, 3), fmt(r.gbs), pct(r.gbs), fmt(r.torchGbs),
-  r.gbs !== null && r.torchGbs ? `${(r.gbs / r.torchGbs).toFixed(2)}×` : 'n/a']);
-const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
-const line = (cells: string[]) => '| ' + cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
-console.log(line(header));
-console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
-for (const t of table) console.log(line(t));
+printTable(['op', 'size', 'MB moved', 'ms', 'GB/s', '% of copy', 'torch GB/s', 'ours/torch'],
+  rows.map((r) => [r.op, r.shape, (r.bytes / 1e6).toFixed(0), fmt(r.ms, 3), fmt(r.gbs), pct(r.gbs), fmt(r.torchGbs),
+    r.gbs !== null && r.torchGbs ? `${(r.gbs / r.torchGbs).toFixed(2)}×` : 'n/a']), 2);
 const below = rows.slice(1).filter((r) => r.gbs !== null && copy !== null && r.gbs < 0.7 * copy).map((r) => r.op);
 console.log(`goal ≥ 70% of copy: ${below.length === 0 ? 'met by every op measured' : `below it: ${below.join(', ')}`}`);
 const errors = rows.filter((r) => r.error).map((r) => `${r.op}: ${r.error}`);
 for (const e of errors) console.log(`  error: ${e}`);
 if (torch) for (const [k, e] of Object.entries(torch.errors)) console.log(`  torch ${k}: ${e}`);
 
-const resultsPath = repoFile('bench/RESULTS.md');
-if (!existsSync(resultsPath)) writeFileSync(resultsPath, '# Benchmark results\n\n');
 const figures = rows.map((r) => `${r.op} ${fmt(r.gbs)} (${pct(r.gbs)}${r.torchGbs ? `, torch ${fmt(r.torchGbs)}` : ''})`).join('; ');
-const stamp = new Date().toISOString().slice(0, 16).replace('T', ' ');
-appendFileSync(resultsPath, `- ${stamp} UTC · ${gpu} · ${commit} · memory-bound GB/s at ${T} tokens (% of device copy): ${figures}\n`);
+appendResult(gpu, commit, `memory-bound GB/s at ${T} tokens (% of device copy): ${figures}`);
 
-const json = { bench: 'memory-bound', date: new Date().toISOString(), gpu, commit, tokens: T, iters: ITERS, copyGbs: copy, torch: torchNote, rows };
-if (process.env.OUT) {
-  mkdirSync(process.env.OUT, { recursive: true });
-  writeFileSync(join(process.env.OUT, 'memory-bound.json'), JSON.stringify(json, null, 2) + '\n');
-}
-console.log(JSON.stringify(json));
+writeJson('memory-bound', { bench: 'memory-bound', date: new Date().toISOString(), gpu, commit, tokens: T, iters: ITERS, copyGbs: copy, torch: torchNote, rows });
 if (errors.length > 0 || (!flags['no-torch'] && torch === null)) process.exitCode = 1;

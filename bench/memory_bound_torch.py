@@ -12,6 +12,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch_common import cuda_device, describe_error, median_ms
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokens", type=int, default=16384)
@@ -19,27 +20,9 @@ parser.add_argument("--iters", type=int, default=20)
 parser.add_argument("--warmup", type=int, default=5)
 opts = parser.parse_args()
 
-if not torch.cuda.is_available():
-    sys.exit("memory_bound_torch.py: torch sees no CUDA device")
-dev = torch.device("cuda")
+dev = cuda_device("memory_bound_torch.py")
 T, D, FFN = opts.tokens, 7168, 18432
 COPY_BYTES = 1 << 30
-
-
-def median_ms(fn):
-    for _ in range(opts.warmup):
-        fn()
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(opts.iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(opts.iters)]
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    n = len(times)
-    return times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
 
 
 gbs = {}
@@ -49,12 +32,12 @@ errors = {}
 def measure(name, setup):
     try:
         nbytes, fn = setup()
-        ms = median_ms(fn)
+        ms = median_ms(fn, opts.iters, opts.warmup)
         gbs[name] = nbytes / (ms * 1e-3) / 1e9
         print(f"# torch {name}: {gbs[name]:.0f} GB/s ({ms:.3f} ms)", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 (reported; the other figures still count)
         gbs[name] = None
-        errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        errors[name] = describe_error(e)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
 

@@ -59,18 +59,57 @@ export interface RouterOutput {
 }
 
 export interface MoePermutation {
-  /** [N·K, d]: token rows grouped by expert, in expert order. */
+  /**
+   * [R, d]: token rows grouped by expert, in expert order. Packed (capacity null): R = N·K, expert
+   * e's rows right after expert e−1's. Padded: R = E·capacity, expert e's rows at
+   * [e·capacity, e·capacity + counts[e]) and zero rows after them up to the next expert's.
+   */
   rows: Tensor;
-  /** [N·K] i32: for sorted row r, the slot n·K + k it came from. */
+  /** [R] i32: for sorted row r, the slot n·K + k it came from; −1 for a padding row. */
   sourceSlot: Tensor;
   /** Host copy of the number of rows per expert (length E): it drives the per-expert GEMM loop. */
   counts: number[];
+  /** Rows per expert when padded (every expert's GEMMs then run as one batched GEMM), else null. */
+  capacity: number | null;
 }
+
+/** When moePermute pads (MoePermutation.capacity), see moeCapacity. */
+export interface MoePadding {
+  /** The capacity is the largest count rounded up to a multiple of this. */
+  blockRows: number;
+  /** Pad only when E·capacity ≤ maxRatio · N·K: padding rows cost memory and GEMM work. */
+  maxRatio: number;
+}
+
+/** Rows per expert of a padded permutation for these counts of `slots` = N·K slots, or null to pack them. */
+export function moeCapacity(counts: readonly number[], slots: number, padding: MoePadding): number | null {
+  if (counts.length === 0 || slots === 0) return null;
+  let max = 0;
+  for (const c of counts) max = Math.max(max, c);
+  const block = Math.max(1, Math.floor(padding.blockRows));
+  const capacity = Math.max(block, Math.ceil(max / block) * block);
+  return counts.length * capacity <= padding.maxRatio * slots ? capacity : null;
+}
+
+/**
+ * What a float tensor made by `zeros` holds, which picks its dtype on a mixed-precision backend:
+ * 'state' (the default) for what is kept and accumulated — gradients, optimizer moments,
+ * accumulation buffers — in the storage dtype (FP32 on the CUDA backend unless it stores BF16);
+ * 'activation' for activations and activation gradients that are written once (not accumulated
+ * into over several ops), in `floatDType` like every op's result, so no op converts them.
+ */
+export type TensorKind = 'state' | 'activation';
 
 export interface Backend {
   readonly name: 'cpu' | 'cuda';
   /** Dtype of every float tensor this backend creates. */
   readonly floatDType: 'f32' | 'f64' | 'bf16';
+  /**
+   * The padding a MoE layer asks moePermute for unless told otherwise: where padded expert blocks
+   * (one batched GEMM for all experts) beat a GEMM per expert (the GPU, whose per-launch host cost
+   * dwarfs an expert's GEMM), or null where the padding rows would only add work (the CPU).
+   */
+  readonly moePadding: MoePadding | null;
 
   // ---- memory -------------------------------------------------------------------------
   /** Copy host floats in (converted to `floatDType`). */
@@ -79,7 +118,8 @@ export interface Backend {
   /** Copy a float tensor out as FP32 (or FP64 when the backend computes in FP64). */
   download(t: Tensor): Float32Array | Float64Array;
   downloadInt(t: Tensor): Int32Array;
-  zeros(shape: readonly number[]): Tensor;
+  /** A zero-filled float tensor; `kind` (default 'state') picks its dtype (see TensorKind). */
+  zeros(shape: readonly number[], kind?: TensorKind): Tensor;
   /** A view of rows [start, start+count) of the first dimension; shares storage, not owned. */
   rows(t: Tensor, start: number, count: number): Tensor;
   /** Same storage, new shape with the same element count; shares storage, not owned. */
@@ -147,10 +187,26 @@ export interface Backend {
   // ---- mixture of experts -------------------------------------------------------------
   /** Router scores and group-limited top-k (SPEC §3): logits [N, E] (FP32), bias [E] or null. */
   routerTopK(logits: Tensor, bias: Tensor | null, cfg: RouterConfig): RouterOutput;
-  /** Group token rows by expert: x [N, d], indices [N, K] i32, for `numExperts` experts. */
-  moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation;
-  /** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K+k]: expertOut [N·K, d], weights [N, K] → [N, d]. */
+  /**
+   * Group token rows by expert: x [N, d], indices [N, K] i32, for `numExperts` experts; packed,
+   * or padded when `padding` is given and allows it for the counts (moeCapacity).
+   */
+  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation;
+  /** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K+k]: expertOut [R, d] (a permutation's rows), weights [N, K] → [N, d]. */
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor;
+  /**
+   * The experts' Linear layers on a padded permutation's rows, one expert per block of
+   * C = x.shape[0] / E rows: y[e·C + i] = x[e·C + i] · W_eᵀ for E = weights.length, x [E·C, in],
+   * W_e [out, in] → [E·C, out].
+   */
+  groupedLinear(x: Tensor, weights: readonly Tensor[]): Tensor;
+  /**
+   * dx[e·C + i] = dy[e·C + i] · W_e: dy [E·C, out] → dx [E·C, in], a new tensor in floatDType, or
+   * written into `into` (added to it with `accumulate`).
+   */
+  groupedLinearBackwardInput(dy: Tensor, weights: readonly Tensor[], into?: Tensor, accumulate?: boolean): Tensor;
+  /** grads[e] += dy[block e]ᵀ · x[block e]: x [E·C, in], dy [E·C, out], grads E tensors [out, in]. */
+  groupedLinearBackwardWeight(x: Tensor, dy: Tensor, grads: readonly Tensor[]): void;
 
   // ---- backward passes (activation gradients are returned, parameter gradients accumulate) ----
   /** dx of RMSNorm: x [M, d], w [d], dy [M, d] → [M, d]. */
@@ -170,10 +226,13 @@ export interface Backend {
    * dq [B, Tq, H, Dk], dk [B, Tk, H, Dk], dv [B, Tk, H, Dv].
    */
   attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dOut: Tensor, scale: number, qStart: number): { dq: Tensor; dk: Tensor; dv: Tensor };
-  /** Backward of moeUnpermute: dy [N, d] → dExpertOut [N·K, d] and dWeights [N, K]. */
+  /** Backward of moeUnpermute: dy [N, d] → dExpertOut [R, d] (zero in padding rows) and dWeights [N, K]. */
   moeUnpermuteBackward(dy: Tensor, expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): { dExpertOut: Tensor; dWeights: Tensor };
-  /** Backward of moePermute: dRows [N·K, d] → dx [N, d] (each token's K row gradients summed). */
-  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number): Tensor;
+  /**
+   * Backward of moePermute: dRows [R, d] → dx [N, d] (each token's K row gradients summed; padding
+   * rows ignored). `slots` = N·K (default: sourceSlot's length, right for a packed permutation).
+   */
+  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number, slots?: number): Tensor;
   /**
    * Router backward: the gradient of the gating weights dWeights [N, K] (and optionally an extra
    * gradient on the affinities, dScores [N, E], from the balance loss) → dLogits [N, E].
@@ -194,8 +253,15 @@ export interface Backend {
   crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor };
   /** Σ x² over all elements, in FP64 on the host side of the answer. */
   sumSquares(x: Tensor): number;
+  /**
+   * Σ over the tensors of Σ x² (FP64): the squared global norm of many tensors (the gradients) in
+   * one pass, with one answer to wait for instead of one per tensor.
+   */
+  sumSquaresMany(xs: readonly Tensor[]): number;
   /** x *= alpha, in place. */
   scaleInPlace(x: Tensor, alpha: number): void;
+  /** x *= alpha for every tensor, in place (gradient clipping and zeroing in one pass). */
+  scaleInPlaceMany(xs: readonly Tensor[], alpha: number): void;
   /**
    * One AdamW step in place: param, grad, m, v of one shape. `m` and `v` may be stored in BF16
    * (`momentsBf16`): rounded to BF16 after each update. Weight decay is decoupled: p -= lr·wd·p.

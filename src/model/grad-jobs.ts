@@ -9,6 +9,8 @@ import type { Parameter } from './parameters.js';
 export type WeightGradJob =
   /** Linear y = x Wᵀ: W.grad += dyᵀ x, x [M, in], dy [M, out]. */
   | { kind: 'linear'; weight: Parameter; x: Tensor; dy: Tensor }
+  /** Experts' Linear layers on padded expert blocks (Backend.groupedLinear): W_e.grad += dy[block e]ᵀ x[block e]. */
+  | { kind: 'grouped'; weights: Parameter[]; x: Tensor; dy: Tensor }
   /** RMSNorm y = w ∘ x / rms(x): w.grad += Σ dy ∘ x / rms(x), x and dy [M, d]. */
   | { kind: 'rmsnorm'; weight: Parameter; x: Tensor; dy: Tensor; eps: number }
   /** Embedding rows: table.grad[ids[n]] += dy[n]. */
@@ -16,6 +18,10 @@ export type WeightGradJob =
 
 export function runWeightGradJobs(b: Backend, jobs: WeightGradJob[]): void {
   for (const job of jobs) {
+    if (job.kind === 'grouped') {
+      b.groupedLinearBackwardWeight(job.x, job.dy, job.weights.map((w) => w.gradient));
+      continue;
+    }
     const grad = job.weight.gradient;
     if (job.kind === 'linear') {
       const [out, inp] = job.weight.value.shape;

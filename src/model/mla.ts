@@ -183,18 +183,20 @@ export class MultiHeadLatentAttention {
       shape4(q, nope + rope), shape4(kv.k, nope + rope), shape4(kv.v, vDim), shape4(s.attn, vDim), shape4(dAttn, vDim), this.softmaxScale, 0,
     );
     // keys: [k_nope | k_pe broadcast over heads]; values beside k_nope in W_kvb's output
+    // (dKv and dKva are assembled from disjoint column blocks, so they hold activation gradients)
     const dk = b.reshape(grads.dk, [N * H, nope + rope]);
-    const dKv = b.zeros([N * H, nope + vDim]);
+    const dKv = b.zeros([N * H, nope + vDim], 'activation');
     const dkNope = b.sliceCols(dk, 0, nope);
     b.addToCols(dKv, dkNope, 0);
     b.addToCols(dKv, b.reshape(grads.dv, [N * H, vDim]), nope);
     const dkpe = b.sumHeads(b.reshape(b.sliceCols(dk, nope, nope + rope), [N, H, rope]));
     const dCkv = this.kvB.backwardInput(b, ckv, b.reshape(dKv, [N, H * (nope + vDim)]), jobs);
     const dCkvRaw = this.kvANorm.backwardInput(b, s.ckvRaw, dCkv, jobs);
-    const dKva = b.zeros([N, C + rope]);
+    const dKva = b.zeros([N, C + rope], 'activation');
     b.addToCols(dKva, dCkvRaw, 0);
     b.addToCols(dKva, b.reshape(b.rope(dkpe, ctx.cos, ctx.sin, ctx.positions, 0, rope, true), [N, rope]), C);
-    const dx = this.kvA.backwardInput(b, s.x, dKva, jobs);
+    // x feeds both the latent and the query projections: their parts add up in full precision
+    const dx = this.kvA.backwardInput(b, s.x, dKva, jobs, b.zeros(s.x.shape), true);
 
     const dqRaw = b.reshape(b.rope(b.reshape(grads.dq, [N, H, nope + rope]), ctx.cos, ctx.sin, ctx.positions, nope, rope, true), [N, H * (nope + rope)]);
     if (this.qA) {
@@ -224,7 +226,7 @@ export class MultiHeadLatentAttention {
     b.writeCache(cache.kpe, b.reshape(kpe, [ctx.batch, ctx.seq, rope]), ctx.start);
 
     // qLat[n, h] = q_nope[n, h] · W_uk[h], W_uk[h] = rows [h(nope+v), h(nope+v)+nope) of W_kvb: [nope, C]
-    const qLat = b.zeros([ctx.batch, ctx.seq, H, C]);
+    const qLat = b.zeros([ctx.batch, ctx.seq, H, C], 'activation');
     b.gemm({
       m: N, n: C, k: nope, batch: H,
       a: { tensor: q, ld: H * qWidth, batchStride: qWidth },
@@ -235,7 +237,7 @@ export class MultiHeadLatentAttention {
     const oLat = b.mlaLatentAttention(qLat, b.reshape(qPe, [ctx.batch, ctx.seq, H, rope]), cache.ckv, cache.kpe, this.softmaxScale, ctx.start, ctx.start + ctx.seq);
 
     // o[n, h] = oLat[n, h] · W_uv[h]ᵀ, W_uv[h] = rows [h(nope+v)+nope, (h+1)(nope+v)) of W_kvb: [v, C]
-    const o = b.zeros([N, H * vDim]);
+    const o = b.zeros([N, H * vDim], 'activation');
     b.gemm({
       m: N, n: vDim, k: C, batch: H,
       a: { tensor: oLat, ld: H * C, batchStride: C },

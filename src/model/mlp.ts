@@ -38,11 +38,15 @@ export class MLP {
     return y;
   }
 
-  /** dy [M, d] → dx [M, d] (added into `into` when given). */
+  /**
+   * dy [M, d] → dx [M, d] (added into `into` when given; else a new 'state' tensor, where the
+   * gate's and the up projection's contributions add up in full precision).
+   */
   backwardInput(b: Backend, s: MlpSaved, dy: Tensor, jobs: WeightGradJob[], into?: Tensor): Tensor {
     const dAct = this.down.backwardInput(b, s.act, dy, jobs);
     const { dGate, dUp } = b.swigluBackward(s.gate, s.up, dAct);
-    const dx = this.gate.backwardInput(b, s.x, dGate, jobs, into);
+    b.free(dAct);
+    const dx = this.gate.backwardInput(b, s.x, dGate, jobs, into ?? b.zeros([...dy.shape.slice(0, -1), s.x.shape[s.x.shape.length - 1]]));
     this.up.backwardInput(b, s.x, dUp, jobs, dx);
     return dx;
   }

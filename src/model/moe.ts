@@ -1,7 +1,7 @@
 // DeepSeekMoE (SPEC §3): shared experts that see every token plus routed experts chosen per
 // token by a group-limited top-k over sigmoid affinities with a selection-only bias.
 
-import type { Backend, MoePermutation, RouterConfig, RouterOutput } from '../backend/backend.js';
+import type { Backend, MoePadding, MoePermutation, RouterConfig, RouterOutput } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
 import type { WeightGradJob } from './grad-jobs.js';
@@ -31,13 +31,23 @@ export interface MoeTrainOptions {
   balanceAlpha: number;
 }
 
+/**
+ * The routed experts' activations for every permuted row [R, I] (the permutation's rows), expert
+ * after expert in the permutation's order: W_gate x, W_up x and silu(W_gate x) · W_up x.
+ */
+export interface ExpertsSaved {
+  gate: Tensor;
+  up: Tensor;
+  act: Tensor;
+}
+
 export interface MoeSaved {
   x: Tensor;
   logits: Tensor;
   route: RouterOutput;
   perm: MoePermutation;
   expertOut: Tensor;
-  experts: (MlpSaved | null)[];
+  experts: ExpertsSaved;
   shared: MlpSaved | null;
   /** Gradient of the balance loss on the affinities, or null when α = 0. */
   balanceGrad: Tensor | null;
@@ -51,6 +61,11 @@ export class MoE {
   readonly experts: MLP[];
   readonly shared: MLP | null;
   readonly router: RouterConfig;
+  /**
+   * Padding of the permuted rows (MoePermutation): undefined takes the backend's (Backend.moePadding),
+   * null always packs them.
+   */
+  padding: MoePadding | null | undefined = undefined;
 
   constructor(params: ParameterSet, prefix: string, readonly config: ModelConfig) {
     const c = config;
@@ -66,22 +81,41 @@ export class MoE {
   /**
    * x [N, d] → [N, d]. `expertLoad`, when given, accumulates the tokens each expert received.
    * With `save` (training), keeps the activations and returns the balance loss through it.
+   *
+   * The routed experts run on the permuted rows in place: on padded expert blocks each Linear is
+   * one batched GEMM for every expert (Backend.groupedLinear); on packed rows each expert's GEMMs
+   * read and write its rows of tensors that hold every row. Either way the SwiGLU between them runs
+   * once for all experts.
    */
   forward(b: Backend, x: Tensor, expertLoad?: Float64Array, save?: (s: MoeSaved, balanceLoss: number) => void, train?: MoeTrainOptions): Tensor {
     const logits = this.gate.forward(b, x);
     const route = b.routerTopK(logits, this.bias?.value ?? null, this.router);
-    const perm = b.moePermute(x, route.indices, this.experts.length);
-    const expertOut = b.zeros(perm.rows.shape);
-    const expertSaves: (MlpSaved | null)[] = this.experts.map(() => null);
-    let offset = 0;
-    for (let e = 0; e < this.experts.length; e++) {
-      const count = perm.counts[e];
-      if (expertLoad) expertLoad[e] += count;
-      if (count === 0) continue;
-      const y = this.experts[e].forward(b, b.rows(perm.rows, offset, count), save && ((s) => (expertSaves[e] = s)));
-      b.addInPlace(b.rows(expertOut, offset, count), y);
-      b.free(y);
-      offset += count;
+    // The balance loss needs only the routing: computing it first lets its download wait for the
+    // router alone, and moePermute's download right after finds the GPU all but idle.
+    const balance = save && train && train.balanceAlpha > 0 ? b.sequenceBalanceLoss(route, train.batch, train.seq, train.balanceAlpha) : null;
+    const padding = this.padding === undefined ? b.moePadding : this.padding;
+    const perm = b.moePermute(x, route.indices, this.experts.length, padding ?? undefined);
+    const counts = perm.counts;
+    if (expertLoad) for (let e = 0; e < counts.length; e++) expertLoad[e] += counts[e];
+    let gate: Tensor, up: Tensor, act: Tensor, expertOut: Tensor;
+    if (perm.capacity !== null) {
+      gate = b.groupedLinear(perm.rows, this.weights('gate'));
+      up = b.groupedLinear(perm.rows, this.weights('up'));
+      act = b.swiglu(gate, up);
+      expertOut = b.groupedLinear(act, this.weights('down'));
+    } else {
+      const rows = perm.rows.shape[0];
+      const width = this.config.moeIntermediateSize;
+      gate = b.zeros([rows, width], 'activation');
+      up = b.zeros([rows, width], 'activation');
+      this.eachExpert(perm, (expert, offset, count) => {
+        const xe = b.rows(perm.rows, offset, count);
+        expert.gate.forwardInto(b, xe, b.rows(gate, offset, count));
+        expert.up.forwardInto(b, xe, b.rows(up, offset, count));
+      });
+      act = b.swiglu(gate, up);
+      expertOut = b.zeros(perm.rows.shape, 'activation');
+      this.eachExpert(perm, (expert, offset, count) => expert.down.forwardInto(b, b.rows(act, offset, count), b.rows(expertOut, offset, count)));
     }
     const out = b.moeUnpermute(expertOut, perm.sourceSlot, route.weights);
     let sharedSave: MlpSaved | null = null;
@@ -91,27 +125,79 @@ export class MoE {
       b.free(s);
     }
     if (save) {
-      const balance = train && train.balanceAlpha > 0 ? b.sequenceBalanceLoss(route, train.batch, train.seq, train.balanceAlpha) : null;
-      save({ x, logits, route, perm, expertOut, experts: expertSaves, shared: sharedSave, balanceGrad: balance?.dScores ?? null }, balance?.loss ?? 0);
+      save({ x, logits, route, perm, expertOut, experts: { gate, up, act }, shared: sharedSave, balanceGrad: balance?.dScores ?? null }, balance?.loss ?? 0);
     } else {
-      for (const t of [logits, route.scores, route.indices, route.weights, perm.rows, perm.sourceSlot, expertOut]) b.free(t);
+      for (const t of [logits, route.scores, route.indices, route.weights, perm.rows, perm.sourceSlot, gate, up, act, expertOut]) b.free(t);
     }
     return out;
+  }
+
+  /**
+   * Allocate the routed experts' weight gradients (those not allocated yet) as row blocks of one
+   * tensor per projection, [E·out, in]: evenly spaced, so that groupedLinearBackwardWeight's one
+   * batched GEMM adds into all of them in place. ParameterSet.allocateGradients then leaves them be.
+   */
+  allocateGradients(b: Backend): void {
+    for (const which of ['gate', 'up', 'down'] as const) {
+      const params = this.params(which);
+      if (params.some((p) => p.grad)) continue;
+      const [out, inp] = params[0].value.shape;
+      const all = b.zeros([params.length * out, inp]);
+      params.forEach((p, e) => (p.grad = b.rows(all, e * out, out)));
+    }
+  }
+
+  /** The routed experts' weights of one projection, expert by expert. */
+  private weights(which: 'gate' | 'up' | 'down'): Tensor[] {
+    return this.experts.map((m) => m[which].weight.value);
+  }
+
+  private params(which: 'gate' | 'up' | 'down'): Parameter[] {
+    return this.experts.map((m) => m[which].weight);
+  }
+
+  /** Packed rows: `body` for each expert that received rows, with its rows' offset and count. */
+  private eachExpert(perm: MoePermutation, body: (expert: MLP, offset: number, count: number) => void): void {
+    let offset = 0;
+    for (let e = 0; e < this.experts.length; e++) {
+      const count = perm.counts[e];
+      if (count === 0) continue;
+      body(this.experts[e], offset, count);
+      offset += count;
+    }
   }
 
   /** dy [N, d] → dx [N, d], the balance loss's gradient included; queues parameter gradients on `jobs`. */
   backwardInput(b: Backend, s: MoeSaved, dy: Tensor, jobs: WeightGradJob[]): Tensor {
     const N = s.x.shape[0];
-    const { dExpertOut, dWeights } = b.moeUnpermuteBackward(dy, s.expertOut, s.perm.sourceSlot, s.route.weights);
-    const dRows = b.zeros(s.perm.rows.shape);
-    let offset = 0;
-    for (let e = 0; e < this.experts.length; e++) {
-      const count = s.perm.counts[e];
-      if (count === 0) continue;
-      this.experts[e].backwardInput(b, s.experts[e]!, b.rows(dExpertOut, offset, count), jobs, b.rows(dRows, offset, count));
-      offset += count;
+    const { perm, experts: saved } = s;
+    const { dExpertOut, dWeights } = b.moeUnpermuteBackward(dy, s.expertOut, perm.sourceSlot, s.route.weights);
+    // a row's gradient sums the gate's and the up projection's parts: in full precision ('state')
+    const dRows = b.zeros(perm.rows.shape);
+    if (perm.capacity !== null) {
+      const dAct = b.groupedLinearBackwardInput(dExpertOut, this.weights('down'));
+      jobs.push({ kind: 'grouped', weights: this.params('down'), x: saved.act, dy: dExpertOut });
+      const { dGate, dUp } = b.swigluBackward(saved.gate, saved.up, dAct);
+      b.free(dAct);
+      b.groupedLinearBackwardInput(dGate, this.weights('gate'), dRows);
+      b.groupedLinearBackwardInput(dUp, this.weights('up'), dRows, true);
+      jobs.push({ kind: 'grouped', weights: this.params('gate'), x: perm.rows, dy: dGate });
+      jobs.push({ kind: 'grouped', weights: this.params('up'), x: perm.rows, dy: dUp });
+    } else {
+      const dAct = b.zeros(saved.act.shape, 'activation');
+      this.eachExpert(perm, (expert, offset, count) => {
+        expert.down.backwardInput(b, b.rows(saved.act, offset, count), b.rows(dExpertOut, offset, count), jobs, b.rows(dAct, offset, count), true);
+      });
+      const { dGate, dUp } = b.swigluBackward(saved.gate, saved.up, dAct);
+      b.free(dAct);
+      this.eachExpert(perm, (expert, offset, count) => {
+        const xe = b.rows(perm.rows, offset, count), dxe = b.rows(dRows, offset, count);
+        expert.gate.backwardInput(b, xe, b.rows(dGate, offset, count), jobs, dxe, true);
+        expert.up.backwardInput(b, xe, b.rows(dUp, offset, count), jobs, dxe);
+      });
     }
-    const dx = b.moePermuteBackward(dRows, s.perm.sourceSlot, N);
+    const dx = b.moePermuteBackward(dRows, perm.sourceSlot, N, N * this.router.topK);
+    b.free(dRows);
     const dLogits = b.routerBackward(s.logits, s.route, dWeights, s.balanceGrad, this.router);
     this.gate.backwardInput(b, s.x, dLogits, jobs, dx);
     if (this.shared) this.shared.backwardInput(b, s.shared!, dy, jobs, dx);

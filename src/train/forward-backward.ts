@@ -50,14 +50,16 @@ export function chunkedCrossEntropy(
   b: Backend, h: Tensor, head: Linear, targets: Int32Array, scale: number, chunkRows: number, withGrad: boolean,
 ): { lossSum: number; count: number; dh: Tensor | null } {
   const N = h.shape[0];
+  // dh's rows come from the chunks one by one; the main loss's dh then takes the MTP gradient too
   const dh = withGrad ? b.zeros(h.shape) : null;
   let lossSum = 0, count = 0;
   const jobs: WeightGradJob[] = [];
+  const allTargets = b.uploadInt(targets, [N]);
   for (let r0 = 0; r0 < N; r0 += chunkRows) {
     const rows = Math.min(chunkRows, N - r0);
     const hc = b.rows(h, r0, rows);
     const logits = head.forward(b, hc);
-    const t = b.uploadInt(targets.subarray(r0, r0 + rows), [rows]);
+    const t = b.rows(allTargets, r0, rows);
     const ce = b.crossEntropy(logits, t, scale);
     lossSum += ce.lossSum;
     count += ce.count;
@@ -66,9 +68,9 @@ export function chunkedCrossEntropy(
       runWeightGradJobs(b, jobs);
     }
     b.free(logits);
-    b.free(t);
     b.free(ce.dLogits);
   }
+  b.free(allTargets);
   return { lossSum, count, dh };
 }
 

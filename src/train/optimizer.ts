@@ -38,9 +38,9 @@ export class AdamW {
     }
   }
 
-  /** The global L2 norm of all gradients. */
+  /** The global L2 norm of all gradients: one multi-tensor reduction, one number downloaded. */
   gradNorm(): number {
-    return Math.sqrt(this.params.reduce((s, p) => s + this.b.sumSquares(p.gradient), 0));
+    return Math.sqrt(this.b.sumSquaresMany(this.params.map((p) => p.gradient)));
   }
 
   /** Clip, then update every parameter with learning rate `lr`; returns the norm before clipping. */
@@ -49,8 +49,8 @@ export class AdamW {
     if (!Number.isFinite(norm)) throw new Error(`gradient norm is ${norm} at step ${this.state.step + 1}: training diverged (lower --lr?)`);
     const clip = this.config.gradClip > 0 && norm > this.config.gradClip ? this.config.gradClip / norm : 1;
     this.state.step++;
+    if (clip !== 1) this.b.scaleInPlaceMany(this.params.map((p) => p.gradient), clip);
     for (const p of this.params) {
-      if (clip !== 1) this.b.scaleInPlace(p.gradient, clip);
       // decoupled weight decay on matrices only: not on norms or other vectors
       const weightDecay = p.value.shape.length >= 2 ? this.config.weightDecay : 0;
       this.b.adamw(p.value, p.gradient, this.state.m.get(p.name)!, this.state.v.get(p.name)!, {

@@ -8,22 +8,7 @@ import assert from 'node:assert/strict';
 import { dequantizeTiles1x128, dequantizeWeightBlocks128, fp8ScaleInv, quantizeTiles1x128,
   quantizeWeightBlocks128 } from '../../src/fp8/quantize.js';
 import { e4m3BitsToFloat32 } from '../../src/tensor/fp8.js';
-
-function seededRandom() {
-  const seed = (Math.random() * 2 ** 32) >>> 0;
-  let state = seed;
-  const uint32 = () => {
-    // mulberry32
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-  const uniform = () => uint32() / 2 ** 32;
-  const normal = () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
-  return { seed, uint32, uniform, normal };
-}
+import { seededRandom, type TestRandom } from '../helpers/random.js';
 
 /** Half the E4M3 spacing around a scaled magnitude y (E4M3 has 3 mantissa bits, subnormal quantum 2^-9). */
 function e4m3HalfUlp(y: number): number {
@@ -31,7 +16,7 @@ function e4m3HalfUlp(y: number): number {
 }
 
 /** A [rows, cols] matrix whose 128×128 blocks (or 1×128 tiles) have very different magnitudes, with outliers. */
-function randomMatrix(rows: number, cols: number, rng: ReturnType<typeof seededRandom>, tileRows: number): Float32Array {
+function randomMatrix(rows: number, cols: number, rng: TestRandom, tileRows: number): Float32Array {
   const x = new Float32Array(rows * cols);
   const tileMagnitude = new Map<string, number>();
   for (let r = 0; r < rows; r++) {

@@ -13,6 +13,7 @@ import { INDEX_FILE_NAME, SafetensorsFile, writeSafetensors, writeShardedSafeten
 import { openCheckpoint } from '../../src/io/checkpoint-files.js';
 import { bytesPerElement, decodeToFloat32, decodeToFloat64, encodeFromFloat, isIntegerDType, STORAGE_DTYPES,
   type StorageDType } from '../../src/tensor/dtypes.js';
+import { seededRandom, type TestRandom } from '../helpers/random.js';
 import { tinyModelDir } from '../shared-paths.js';
 
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'dsv3-safetensors-'));
@@ -24,27 +25,12 @@ function freshDir(): string {
   return dir;
 }
 
-function seededRandom() {
-  const seed = (Math.random() * 2 ** 32) >>> 0;
-  let state = seed;
-  const uint32 = () => {
-    // mulberry32
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-  return { seed, uint32, int: (lo: number, hi: number) => lo + (uint32() % (hi - lo + 1)) };
-}
-type Random = ReturnType<typeof seededRandom>;
-
 function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
 /** Random valid bytes for a tensor: any bit pattern for numbers (NaNs included), 0/1 for BOOL. */
-function randomTensor(name: string, dtype: StorageDType, shape: number[], rng: Random): TensorToWrite & { data: Uint8Array } {
+function randomTensor(name: string, dtype: StorageDType, shape: number[], rng: TestRandom): TensorToWrite & { data: Uint8Array } {
   const data = new Uint8Array(numel(shape) * bytesPerElement(dtype));
   for (let i = 0; i < data.length; i++) data[i] = dtype === 'BOOL' ? rng.uint32() & 1 : rng.uint32() & 0xff;
   return { name, dtype, shape, data };

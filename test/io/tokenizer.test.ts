@@ -1,14 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readFileSync, writeFileSync, copyFileSync } from "node:fs";
+import { join } from "node:path";
 import { DEEPSEEK_BOS_TOKEN, DEEPSEEK_EOS_TOKEN, loadTokenizer, Tokenizer } from "../../src/io/tokenizer.js";
-
-// dist/test/io/ -> repository root -> ../shared/fixtures/bpe-tokenizer
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const fixtureDir = resolve(repoRoot, "..", "shared", "fixtures", "bpe-tokenizer");
+import { seededRandom } from "../helpers/random.js";
+import { withTempDir } from "../helpers/temp-dir.js";
+import { bpeTokenizerDir as fixtureDir } from "../shared-paths.js";
 
 interface ReferenceCase {
   text: string;
@@ -16,18 +13,6 @@ interface ReferenceCase {
   decoded: string;
 }
 const reference = JSON.parse(readFileSync(join(fixtureDir, "tokenizer_reference.json"), "utf8")) as ReferenceCase[];
-
-// Small deterministic PRNG (mulberry32) so failures reproduce.
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function streamDecode(tok: Tokenizer, ids: number[], skipSpecialTokens = false): { text: string; pieces: string[] } {
   const stream = tok.createStreamDecoder({ skipSpecialTokens });
@@ -91,7 +76,7 @@ test("stream decoder with skipSpecialTokens matches decode(skipSpecialTokens)", 
 });
 
 test("random byte strings round-trip and stream-decode like decode()", () => {
-  const random = rng(1234);
+  const random = seededRandom(1234).uniform;
   const utf8 = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
   for (let trial = 0; trial < 200; trial++) {
     const bytes = new Uint8Array(1 + Math.floor(random() * 64));
@@ -105,7 +90,7 @@ test("random byte strings round-trip and stream-decode like decode()", () => {
 });
 
 test("random unicode strings (all planes, no surrogates) round-trip and stream-decode", () => {
-  const random = rng(99);
+  const random = seededRandom(99).uniform;
   const ranges: [number, number][] = [
     [0x20, 0x7e],
     [0x0a, 0x0a],
@@ -140,8 +125,7 @@ test("decode rejects ids outside the vocabulary and accepts an empty list", () =
 });
 
 test("tokenizer_config.json supplies BOS/EOS, add_bos_token and the chat template", () => {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-tok-"));
-  try {
+  withTempDir("dsv3-tok-", (dir) => {
     copyFileSync(join(fixtureDir, "tokenizer.json"), join(dir, "tokenizer.json"));
     writeFileSync(
       join(dir, "tokenizer_config.json"),
@@ -163,14 +147,11 @@ test("tokenizer_config.json supplies BOS/EOS, add_bos_token and the chat templat
     assert.deepEqual(withConfig.encode("Hello world!"), [0, ...plain]);
     assert.deepEqual(withConfig.encode("Hello world!", { addSpecialTokens: false }), plain);
     assert.equal(withConfig.decode([0, ...plain], { skipSpecialTokens: true }), "Hello world!");
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("missing directory, missing or corrupt tokenizer.json give one clear error naming the file", () => {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-tok-"));
-  try {
+  withTempDir("dsv3-tok-", (dir) => {
     assert.throws(() => loadTokenizer(join(dir, "absent")), /tokenizer directory .*absent.* does not exist.*tokenizer\.json/);
     assert.throws(() => loadTokenizer(dir), /tokenizer\.json not found/);
     writeFileSync(join(dir, "plain-file"), "");
@@ -181,7 +162,5 @@ test("missing directory, missing or corrupt tokenizer.json give one clear error 
     assert.throws(() => loadTokenizer(dir), /tokenizer\.json at .* is not a tokenizer/);
     writeFileSync(join(dir, "tokenizer.json"), JSON.stringify({ model: { type: "NoSuchModel" } }));
     assert.throws(() => loadTokenizer(dir), /tokenizer\.json at .* could not be loaded/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

@@ -134,14 +134,25 @@ for (const qLora of [true, false]) {
   }
 }
 
-test('DeepSeekMoE with the balance loss (router, routed and shared experts)', () => {
-  const { rng, config, params } = setup();
-  const moe = new MoE(params, 'mlp', config);
-  const trainOpts = { batch: 2, seq: 4, balanceAlpha: 0.3 };
-  checkModule('MoE', rng, randomTensor(rng, [8, config.hiddenSize]), params.all().filter((p) => !p.name.endsWith('bias')),
-    (x) => { let saved: MoeSaved | null = null, extraLoss = 0; const y = moe.forward(b, x, undefined, (s, l) => ((saved = s), (extraLoss = l)), trainOpts); return { y, saved, extraLoss }; },
-    (s, dy, jobs) => moe.backwardInput(b, s as MoeSaved, dy, jobs));
-});
+for (const padded of [false, true]) {
+  test(`DeepSeekMoE with the balance loss (router, routed and shared experts${padded ? ', padded expert blocks' : ''})`, () => {
+    const { rng, config, params } = setup();
+    const moe = new MoE(params, 'mlp', config);
+    // padded: every expert's rows in a block of the largest count rounded up to 4 (grouped Linear layers)
+    moe.padding = padded ? { blockRows: 4, maxRatio: Infinity } : null;
+    const trainOpts = { batch: 2, seq: 4, balanceAlpha: 0.3 };
+    let capacity: number | null | undefined;
+    checkModule('MoE', rng, randomTensor(rng, [8, config.hiddenSize]), params.all().filter((p) => !p.name.endsWith('bias')),
+      (x) => {
+        let saved: MoeSaved | null = null, extraLoss = 0;
+        const y = moe.forward(b, x, undefined, (s, l) => ((saved = s), (extraLoss = l)), trainOpts);
+        capacity = (saved as MoeSaved | null)?.perm.capacity;
+        return { y, saved, extraLoss };
+      },
+      (s, dy, jobs) => moe.backwardInput(b, s as MoeSaved, dy, jobs));
+    assert.equal(capacity !== null, padded);
+  });
+}
 
 for (const dense of [true, false]) {
   for (const recompute of [false, true]) {
@@ -158,11 +169,14 @@ for (const dense of [true, false]) {
   }
 }
 
-for (const recompute of [false, true]) {
-  test(`whole model with MoE, MTP and the balance loss (recomputation ${recompute ? 'on' : 'off'})`, () => {
+for (const [recompute, padded] of [[false, false], [true, false], [false, true]]) {
+  test(`whole model with MoE, MTP and the balance loss (recomputation ${recompute ? 'on' : 'off'}${padded ? ', padded expert blocks' : ''})`, () => {
     const { rng, config, params } = setup();
     const model = new DeepseekV3(b, config, params, true);
     assert.equal(model.mtp.length, 1);
+    for (const layer of [...model.layers, ...model.mtp.map((m) => m.block)]) {
+      if (layer.ffn instanceof MoE) layer.ffn.padding = padded ? { blockRows: 2, maxRatio: Infinity } : null;
+    }
     const batch = 2, seq = 5, window = seq + 2;
     const tokens = Int32Array.from({ length: batch * window }, () => rng.int(config.vocabSize));
     const opts = { mtpWeight: 0.3, balanceAlpha: 0.1, recompute: { norms: recompute, upProjections: recompute }, lossChunkRows: 3 };

@@ -9,20 +9,7 @@ import { encodeF16, f16BitsToFloat32, float32BitsToF16Bits, float32ToF16Bits } f
 import { e4m3BitsToFloat32, e5m2BitsToFloat32, encodeE4M3, encodeE5M2, float32ToE4M3Bits, float32ToE5M2Bits } from '../../src/tensor/fp8.js';
 import { bytesPerElement, decodeToFloat32, decodeToFloat64, decodeToIntegers, encodeFromFloat, isStorageDType,
   STORAGE_DTYPES, type StorageDType } from '../../src/tensor/dtypes.js';
-
-function seededRandom() {
-  const seed = (Math.random() * 2 ** 32) >>> 0;
-  let state = seed;
-  const uint32 = () => {
-    // mulberry32
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-  return { seed, uint32, uniform: () => uint32() / 2 ** 32, int: (lo: number, hi: number) => lo + (uint32() % (hi - lo + 1)) };
-}
+import { seededRandom, type TestRandom } from '../helpers/random.js';
 
 const scratch = new DataView(new ArrayBuffer(8));
 function float32FromBits(bits: number): number {
@@ -304,7 +291,7 @@ test('F16: random float32 bit patterns and exact midpoints round like the refere
 });
 
 /** Random values that every codec of `dtype` represents exactly. */
-function representableValues(dtype: StorageDType, n: number, rng: ReturnType<typeof seededRandom>): Float64Array {
+function representableValues(dtype: StorageDType, n: number, rng: TestRandom): Float64Array {
   const out = new Float64Array(n);
   const finiteFromCodes = (decode: (c: number) => number, codeCount: number) => {
     for (let i = 0; i < n; i++) {

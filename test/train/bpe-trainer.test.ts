@@ -1,22 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { bytesToUnicode, DEFAULT_SPECIAL_TOKENS, saveTokenizer, trainByteLevelBpe } from "../../src/train/bpe-trainer.js";
 import { DEEPSEEK_BOS_TOKEN, DEEPSEEK_EOS_TOKEN, loadTokenizer, Tokenizer } from "../../src/io/tokenizer.js";
-
-// mulberry32: small deterministic PRNG so the corpus (and any failure) reproduces
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "../helpers/random.js";
+import { withTempDir } from "../helpers/temp-dir.js";
 
 const COMMON_WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "model", "token", "expert", "attention"];
 const SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "zen", "dar", "qua", "pli", "ost", "ex", "gra", "thu", "er", "an"];
@@ -27,7 +16,7 @@ const UNICODE_WORDS = ["café", "naïve", "über", "東京", "データ", "模�
  * then random syllable words), with capitalisation, numbers, punctuation and some non-ASCII words.
  */
 function makeCorpus(seed: number, targetBytes: number, vocabularyWords = 3000): string[] {
-  const random = rng(seed);
+  const random = seededRandom(seed).uniform;
   const words = [...COMMON_WORDS];
   const seen = new Set(words);
   while (words.length < vocabularyWords) {
@@ -85,15 +74,12 @@ const VOCAB = 1000;
 
 function trainAndLoad(texts: string[], vocabSize: number): { json: ReturnType<typeof trainByteLevelBpe>; tok: Tokenizer } {
   const json = trainByteLevelBpe(texts, { vocabSize });
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-bpe-"));
-  try {
+  return withTempDir("dsv3-bpe-", (dir) => {
     const file = saveTokenizer(json, dir);
     assert.equal(file, join(dir, "tokenizer.json"));
     assert.deepEqual(JSON.parse(readFileSync(file, "utf8")), json);
     return { json, tok: loadTokenizer(dir) };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 const { json, tok } = trainAndLoad(corpus, VOCAB);
@@ -156,7 +142,7 @@ test("encode→decode round-trips arbitrary text, including bytes never seen in 
     `${DEEPSEEK_BOS_TOKEN}special${DEEPSEEK_EOS_TOKEN} inline`,
     "",
   ];
-  const random = rng(7);
+  const random = seededRandom(7).uniform;
   const utf8 = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
   for (let i = 0; i < 100; i++) {
     const bytes = new Uint8Array(1 + Math.floor(random() * 80));

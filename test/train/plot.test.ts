@@ -1,7 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   downsample,
@@ -14,19 +13,10 @@ import {
   type StepMetrics,
   writeTrainingPlot,
 } from "../../src/train/plot.js";
+import { seededRandom } from "../helpers/random.js";
+import { withTempDir } from "../helpers/temp-dir.js";
 
-// mulberry32: small deterministic PRNG; the seed is random per run and printed on failure
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
+// the seed is random per run and printed on failure
 const SEED = Math.floor(Math.random() * 2 ** 31);
 const seedNote = `seed ${SEED}`;
 
@@ -97,7 +87,7 @@ function texts(svg: string): string[] {
 }
 
 test(`random metrics render to well-formed SVG with one polyline per series (${seedNote})`, () => {
-  const random = rng(SEED);
+  const random = seededRandom(SEED).uniform;
   const steps = 50 + Math.floor(random() * 400);
   const depths = 1 + Math.floor(random() * 3);
   const layers = Array.from({ length: 1 + Math.floor(random() * 5) }, (_, i) => 3 + i);
@@ -133,7 +123,7 @@ test(`random metrics render to well-formed SVG with one polyline per series (${s
 });
 
 test("the title is escaped", () => {
-  const svg = renderTrainingPlot(makeRecords(rng(1), 5), `a<b>&"c'</svg><script>`);
+  const svg = renderTrainingPlot(makeRecords(seededRandom(1).uniform, 5), `a<b>&"c'</svg><script>`);
   assertBalancedTags(svg);
   assert.ok(!svg.includes("<script>"));
   assert.ok(svg.includes("a&lt;b&gt;&amp;&quot;c&#39;&lt;/svg&gt;&lt;script&gt;"));
@@ -142,7 +132,7 @@ test("the title is escaped", () => {
 });
 
 test("a single record renders, with a visible point per series", () => {
-  const [record] = makeRecords(rng(2), 1, { depths: 2, layers: [1] });
+  const [record] = makeRecords(seededRandom(2).uniform, 1, { depths: 2, layers: [1] });
   const svg = renderTrainingPlot([record], "one");
   assertBalancedTags(svg);
   const lines = polylines(svg);
@@ -160,7 +150,7 @@ test("no records at all still render both panels", () => {
 });
 
 test("no eval records: no eval series or legend entry", () => {
-  const svg = renderTrainingPlot(makeRecords(rng(3), 30), "no eval");
+  const svg = renderTrainingPlot(makeRecords(seededRandom(3).uniform, 30), "no eval");
   assertBalancedTags(svg);
   assert.ok(!polylines(svg).some((l) => l.series === "eval loss"));
   assert.ok(!texts(svg).includes("eval loss"));
@@ -168,7 +158,7 @@ test("no eval records: no eval series or legend entry", () => {
 });
 
 test("no MoE layers: the balance panel says so", () => {
-  const svg = renderTrainingPlot(makeRecords(rng(4), 30, { layers: [], evalEvery: 10 }), "dense");
+  const svg = renderTrainingPlot(makeRecords(seededRandom(4).uniform, 30, { layers: [], evalEvery: 10 }), "dense");
   assertBalancedTags(svg);
   assert.ok(texts(svg).includes("no MoE layers"));
   assert.ok(!polylines(svg).some((l) => l.series.startsWith("layer ")));
@@ -176,7 +166,7 @@ test("no MoE layers: the balance panel says so", () => {
 });
 
 test("non-finite losses are skipped and noted", () => {
-  const records = makeRecords(rng(5), 40, { depths: 1, layers: [1], evalEvery: 10 }) as StepMetrics[];
+  const records = makeRecords(seededRandom(5).uniform, 40, { depths: 1, layers: [1], evalEvery: 10 }) as StepMetrics[];
   const steps = records.filter((r) => !("eval_loss" in r));
   steps[3].main_loss = NaN;
   steps[7].main_loss = Infinity;
@@ -206,7 +196,7 @@ test("non-finite losses are skipped and noted", () => {
 });
 
 test(`hundreds of thousands of steps are downsampled, first and last kept (${seedNote})`, () => {
-  const random = rng(SEED + 1);
+  const random = seededRandom(SEED + 1).uniform;
   const records = makeRecords(random, 300_000, { depths: 1, layers: [1, 2], evalEvery: 1000 });
   const steps = records.filter((r): r is StepMetrics => !("eval_loss" in r));
   steps[123_456].main_loss = 50; // a loss spike survives
@@ -266,9 +256,8 @@ test("nice ticks and labels", () => {
 });
 
 test("writeTrainingPlot reads JSONL, skips blank lines, writes atomically; malformed lines are named", () => {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-plot-"));
-  try {
-    const records = makeRecords(rng(6), 20, { evalEvery: 5 });
+  withTempDir("dsv3-plot-", (dir) => {
+    const records = makeRecords(seededRandom(6).uniform, 20, { evalEvery: 5 });
     // JSON writes NaN as null: such a point is skipped
     const lines = records.map((r) => JSON.stringify(r));
     lines[2] = lines[2].replace(/"main_loss":[^,]+/, '"main_loss":null');
@@ -295,14 +284,12 @@ test("writeTrainingPlot reads JSONL, skips blank lines, writes atomically; malfo
     assert.throws(() => writeTrainingPlot(bad, join(dir, "bad.svg"), "bad"), /bad\.jsonl:2: malformed/);
     writeFileSync(bad, `${lines[0]}\n{"step": 2, "lr": 1}\n`);
     assert.throws(() => writeTrainingPlot(bad, join(dir, "bad.svg"), "bad"), /bad\.jsonl:2: malformed/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a step logged twice (resumed run) keeps its last record", () => {
-  const records = makeRecords(rng(7), 10, { layers: [] }) as StepMetrics[];
-  const resumed = makeRecords(rng(8), 10, { layers: [] }).slice(5) as StepMetrics[];
+  const records = makeRecords(seededRandom(7).uniform, 10, { layers: [] }) as StepMetrics[];
+  const resumed = makeRecords(seededRandom(8).uniform, 10, { layers: [] }).slice(5) as StepMetrics[];
   const svg = renderTrainingPlot([...records, ...resumed], "resumed");
   const main = polylines(svg).find((l) => l.series === "main loss")!;
   assert.equal(main.points.length, 10);

@@ -1,7 +1,7 @@
 // The CPU backend (DESIGN §6): FP32 or FP64 everywhere, GEMMs on all cores through
 // ./gemm (a system BLAS or our own kernel), the other ops as plain loops.
 
-import type { AdamWHyper, Backend, GemmSpec, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
+import { moeCapacity, type AdamWHyper, type Backend, type GemmSpec, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type Tensor } from '../../tensor/tensor.js';
 import { causalAttention, latentAttention } from './attention.js';
 import { CpuTensor, allocFloat, floats, ints, type FloatArray } from './cpu-tensor.js';
@@ -21,6 +21,8 @@ function lastDim(t: Tensor): number {
 
 export class CpuBackend implements Backend {
   readonly name = 'cpu' as const;
+  /** Padding rows would only add work here: MoE layers run on packed rows unless told otherwise. */
+  readonly moePadding = null;
 
   constructor(readonly floatDType: 'f32' | 'f64' = 'f32') {}
 
@@ -50,7 +52,8 @@ export class CpuBackend implements Backend {
     return ints(t).slice();
   }
 
-  zeros(shape: readonly number[]): Tensor {
+  /** One dtype for every float tensor here, whatever the kind. */
+  zeros(shape: readonly number[], _kind: TensorKind = 'state'): Tensor {
     return this.newFloat(shape);
   }
 
@@ -269,16 +272,21 @@ export class CpuBackend implements Backend {
     return { scores, indices, weights };
   }
 
-  moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation {
+  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation {
     const [N, d] = x.shape;
     const idx = ints(indices);
     const K = lastDim(indices);
     const counts = new Array<number>(numExperts).fill(0);
-    for (const e of idx) counts[e]++;
+    for (const e of idx) {
+      if (!(e >= 0 && e < numExperts)) throw new Error(`moePermute: expert index ${e} outside [0, ${numExperts})`);
+      counts[e]++;
+    }
+    const capacity = padding ? moeCapacity(counts, N * K, padding) : null;
+    const R = capacity === null ? N * K : numExperts * capacity;
     const start = new Int32Array(numExperts);
-    for (let e = 1; e < numExperts; e++) start[e] = start[e - 1] + counts[e - 1];
-    const sourceSlot = new Int32Array(N * K);
-    const rows = this.newFloat([N * K, d]);
+    for (let e = 1; e < numExperts; e++) start[e] = capacity === null ? start[e - 1] + counts[e - 1] : e * capacity;
+    const sourceSlot = new Int32Array(R).fill(-1);
+    const rows = this.newFloat([R, d]);
     const xs = floats(x), r = rows.data as FloatArray;
     for (let slot = 0; slot < N * K; slot++) {
       const dest = start[idx[slot]]++;
@@ -286,7 +294,7 @@ export class CpuBackend implements Backend {
       const n = Math.floor(slot / K);
       r.set(xs.subarray(n * d, (n + 1) * d), dest * d);
     }
-    return { rows, sourceSlot: new CpuTensor([N * K], 'i32', sourceSlot), counts };
+    return { rows, sourceSlot: new CpuTensor([R], 'i32', sourceSlot), counts, capacity };
   }
 
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor {
@@ -295,13 +303,53 @@ export class CpuBackend implements Backend {
     const y = floats(expertOut), w = floats(weights), slots = ints(sourceSlot);
     const out = this.newFloat([N, d]);
     const o = out.data as FloatArray;
-    for (let r = 0; r < N * K; r++) {
+    for (let r = 0; r < slots.length; r++) {
       const slot = slots[r];
+      if (slot < 0) continue;
       const n = Math.floor(slot / K);
       const g = w[slot];
       for (let i = 0; i < d; i++) o[n * d + i] += g * y[r * d + i];
     }
     return out;
+  }
+
+  /** Expert after expert: the block of rows of `t` that expert e of `experts` owns. */
+  private expertBlock(t: Tensor, e: number, experts: number): Tensor {
+    const C = t.shape[0] / experts;
+    if (!Number.isInteger(C)) throw new Error(`grouped linear: ${t.shape[0]} rows for ${experts} experts`);
+    return this.rows(t, e * C, C);
+  }
+
+  groupedLinear(x: Tensor, weights: readonly Tensor[]): Tensor {
+    const E = weights.length;
+    const [out] = weights[0]?.shape ?? [0];
+    const y = this.newFloat([x.shape[0], out]);
+    for (let e = 0; e < E; e++) {
+      const xe = this.expertBlock(x, e, E), ye = this.expertBlock(y, e, E), w = weights[e];
+      const inp = lastDim(w);
+      this.gemm({ m: xe.shape[0], n: out, k: inp, a: { tensor: xe, ld: inp }, b: { tensor: w, ld: inp, trans: true }, c: { tensor: ye, ld: out } });
+    }
+    return y;
+  }
+
+  groupedLinearBackwardInput(dy: Tensor, weights: readonly Tensor[], into?: Tensor, accumulate = false): Tensor {
+    const E = weights.length;
+    const [out, inp] = weights[0]?.shape ?? [0, 0];
+    const dx = into ?? this.newFloat([dy.shape[0], inp]);
+    for (let e = 0; e < E; e++) {
+      const g = this.expertBlock(dy, e, E), dxe = this.expertBlock(dx, e, E);
+      this.gemm({ m: g.shape[0], n: inp, k: out, beta: accumulate ? 1 : 0, a: { tensor: g, ld: out }, b: { tensor: weights[e], ld: inp }, c: { tensor: dxe, ld: inp } });
+    }
+    return dx;
+  }
+
+  groupedLinearBackwardWeight(x: Tensor, dy: Tensor, grads: readonly Tensor[]): void {
+    const E = grads.length;
+    for (let e = 0; e < E; e++) {
+      const [out, inp] = grads[e].shape;
+      const xe = this.expertBlock(x, e, E), g = this.expertBlock(dy, e, E);
+      this.gemm({ m: out, n: inp, k: xe.shape[0], beta: 1, a: { tensor: g, ld: out, trans: true }, b: { tensor: xe, ld: inp }, c: { tensor: grads[e], ld: inp } });
+    }
   }
 
   // ---- backward passes ----------------------------------------------------------------
@@ -400,6 +448,7 @@ export class CpuBackend implements Backend {
     const de = dExpertOut.data as FloatArray, dw = dWeights.data as FloatArray;
     for (let r = 0; r < slots.length; r++) {
       const slot = slots[r];
+      if (slot < 0) continue; // a padding row: its gradient stays zero
       const n = Math.floor(slot / K);
       let dot = 0;
       for (let i = 0; i < d; i++) {
@@ -411,13 +460,14 @@ export class CpuBackend implements Backend {
     return { dExpertOut, dWeights };
   }
 
-  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number): Tensor {
+  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number, slotCount?: number): Tensor {
     const d = lastDim(dRows);
     const slots = ints(sourceSlot), g = floats(dRows);
-    const K = slots.length / numTokens;
+    const K = (slotCount ?? slots.length) / numTokens;
     const out = this.newFloat([numTokens, d]);
     const o = out.data as FloatArray;
     for (let r = 0; r < slots.length; r++) {
+      if (slots[r] < 0) continue;
       const n = Math.floor(slots[r] / K);
       for (let i = 0; i < d; i++) o[n * d + i] += g[r * d + i];
     }
@@ -457,9 +507,19 @@ export class CpuBackend implements Backend {
     return s;
   }
 
+  sumSquaresMany(xs: readonly Tensor[]): number {
+    let s = 0;
+    for (const x of xs) s += this.sumSquares(x);
+    return s;
+  }
+
   scaleInPlace(x: Tensor, alpha: number): void {
     const xs = floats(x);
     for (let i = 0; i < xs.length; i++) xs[i] *= alpha;
+  }
+
+  scaleInPlaceMany(xs: readonly Tensor[], alpha: number): void {
+    for (const x of xs) this.scaleInPlace(x, alpha);
   }
 
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {

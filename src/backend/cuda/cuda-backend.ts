@@ -16,9 +16,12 @@
 // Every op accepts each float input in either dtype. Inputs that the kernels read in FP32
 // directly — RMSNorm weights, embedding tables, RoPE tables, router logits, bias and gating
 // weights — are passed as they are; any other input of the other dtype is converted first (a
-// cast into a temporary freed after the op). GEMM operands are converted to floatDType; an FP32
-// upload used as a BF16 operand keeps its BF16 copy until the tensor is next written by an op
-// (AdamW, copyFromHost, …) or freed, so a weight is cast once per optimizer step, not per GEMM.
+// cast into a temporary freed after the op). `zeros(shape, 'activation')` makes a tensor in
+// floatDType, for activation gradients that the model assembles in place, so that they need no
+// conversion. GEMM operands are converted to floatDType; an FP32 upload used as a BF16 operand
+// keeps a BF16 copy, which an op writing the tensor (AdamW, copyFromHost, …) marks out of date
+// and the next use refreshes — every out-of-date copy at once, in one launch — so a weight is
+// cast once per optimizer step, not per GEMM, and its copy is allocated once.
 //
 // Allocations. Every tensor the backend allocates gets an increasing serial number and stays in
 // the live set until freed; `markAllocations` returns the last serial and `releaseAllocations(mark)`
@@ -27,15 +30,23 @@
 // tensor already freed (by `free` or by `releaseAllocations`), does nothing, so code that frees
 // its handles stays correct inside an allocation scope.
 
-import type { AdamWHyper, Backend, GemmSpec, MatrixRef, MoePermutation, RouterConfig, RouterOutput } from '../backend.js';
+import type { AdamWHyper, Backend, GemmSpec, MatrixRef, MoePadding, MoePermutation, RouterConfig, RouterOutput, TensorKind } from '../backend.js';
 import { numel, shapeString, type ComputeDType, type Tensor } from '../../tensor/tensor.js';
 import { CudaContext } from './context.js';
+import { BlockCache, cachingContext } from './block-cache.js';
 import { CublasLtMatmul, type GemmDType, type RowMajorGemm } from './matmul.js';
 import * as ops from './ops.js';
 import { flashAttentionBackward, flashAttentionForward, mlaDecode } from './flash-attention.js';
 import type { FloatKind } from './ops.js';
 
 const DTYPE_BYTES: Record<ComputeDType, number> = { bf16: 2, f32: 4, f64: 8, i32: 4 };
+
+/** One allocation holding the BF16 copies of several tensors back to back (groupedLinear's weights). */
+interface CopySlab {
+  ptr: number;
+  /** Tensors whose copy lies in it: the slab is freed with the last one's copy. */
+  refs: number;
+}
 
 /** A tensor in device memory. Views (`rows`, `reshape`) share their base tensor's storage and own nothing. */
 export class CudaTensor implements Tensor {
@@ -46,6 +57,10 @@ export class CudaTensor implements Tensor {
   cachesBf16 = false;
   /** Device address of that BF16 copy, or 0. */
   bf16Copy = 0;
+  /** The tensor was written since its BF16 copy was made: the copy must be refreshed before use. */
+  bf16Stale = false;
+  /** The stacked copy that holds the BF16 copy (groupedLinear's weights), or null when it is its own allocation. */
+  copySlab: CopySlab | null = null;
 
   constructor(
     readonly shape: readonly number[],
@@ -91,7 +106,17 @@ export interface CudaBackendOptions {
    * emulator of the kernels, which cannot run their PTX, turns them off and tests the plain ones.
    */
   flashAttention?: boolean;
+  /** The padding MoE layers ask for (default DEFAULT_MOE_PADDING; null: packed rows, a GEMM per expert). */
+  moePadding?: MoePadding | null;
 }
+
+/**
+ * MoE layers on the GPU run their routed experts on padded blocks — the largest count rounded up
+ * to 64 rows, for every expert — when that at most doubles the rows: each GEMM launch costs the
+ * host tens of microseconds while an expert's GEMM is a few microseconds of GPU work, so one
+ * batched GEMM for all experts pays for the padding rows well before that.
+ */
+export const DEFAULT_MOE_PADDING: MoePadding = { blockRows: 64, maxRatio: 2 };
 
 function dev(t: Tensor, what: string): CudaTensor {
   if (!(t instanceof CudaTensor)) throw new Error(`${what}: not a CUDA tensor`);
@@ -113,6 +138,13 @@ function lastDim(t: Tensor): number {
   return t.shape[t.shape.length - 1] ?? 1;
 }
 
+/** Indices of two tensors whose storage overlaps, or null. */
+function overlapping(ts: readonly CudaTensor[]): [number, number] | null {
+  const ranges = ts.map((t, i) => ({ start: t.ptr, end: t.ptr + t.bytes, i })).filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
+  for (let j = 1; j < ranges.length; j++) if (ranges[j]!.start < ranges[j - 1]!.end) return [ranges[j - 1]!.i, ranges[j]!.i];
+  return null;
+}
+
 function sameShape(a: Tensor, b: Tensor): boolean {
   return a.shape.length === b.shape.length && a.shape.every((s, i) => s === b.shape[i]);
 }
@@ -122,20 +154,30 @@ export class CudaBackend implements Backend {
   readonly floatDType: 'bf16' | 'f32';
   /** Dtype of `upload` and `zeros` results. */
   readonly storageDType: 'bf16' | 'f32';
+  readonly moePadding: MoePadding | null;
   private readonly useFlash: boolean;
   readonly ctx: CudaContext;
+  /** Freed device memory kept for reuse (block-cache.ts). */
+  private readonly blocks: BlockCache;
+  /** `ctx` allocating through `blocks`: what every op, launcher and temporary here uses. */
+  private readonly gpu: CudaContext;
   private readonly matmul: GemmRunner;
   private lastSerial = 0;
   /** Live allocations by serial number, in allocation order. */
   private readonly live = new Map<number, CudaTensor>();
   /** Log-sum-exp rows [B, H, Tq] of each flash attention output, for its backward pass. */
   private readonly attentionLse = new WeakMap<CudaTensor, CudaTensor>();
+  /** Tensors whose BF16 copy is out of date (bf16Stale), refreshed together at the next use of any. */
+  private readonly staleCopies = new Set<CudaTensor>();
 
   constructor(ctx: CudaContext = CudaContext.create(0), options: CudaBackendOptions = {}) {
     this.ctx = ctx;
+    this.blocks = new BlockCache(ctx);
+    this.gpu = cachingContext(ctx, this.blocks);
     this.floatDType = options.dtype ?? 'bf16';
     this.storageDType = options.storageDType ?? 'f32';
     this.useFlash = options.flashAttention ?? true;
+    this.moePadding = options.moePadding === undefined ? DEFAULT_MOE_PADDING : options.moePadding;
     if (this.floatDType === 'f32' && this.storageDType !== 'f32') throw new Error('CudaBackend: BF16 storage needs the BF16 activation dtype');
     this.matmul = options.matmul ?? new CublasLtMatmul(ctx);
   }
@@ -151,7 +193,7 @@ export class CudaBackend implements Backend {
   /** A fresh, uninitialised tensor (tracked; the caller owns it). */
   empty(shape: readonly number[], dtype: ComputeDType = this.floatDType): CudaTensor {
     const n = numel(shape);
-    return this.track(new CudaTensor([...shape], dtype, this.ctx.alloc(n * DTYPE_BYTES[dtype]), true));
+    return this.track(new CudaTensor([...shape], dtype, this.gpu.alloc(n * DTYPE_BYTES[dtype]), true));
   }
 
   /** A tracked tensor around device memory allocated elsewhere (ops.* results). */
@@ -166,13 +208,39 @@ export class CudaBackend implements Backend {
     return { count: this.live.size, bytes };
   }
 
-  /** An op wrote into `t`: a BF16 copy of its storage is stale. */
+  /** An op wrote into `t`: a BF16 copy of its storage is out of date. */
   private written(t: CudaTensor): void {
     const root = t.root;
-    if (root.bf16Copy !== 0) {
-      this.ctx.free(root.bf16Copy);
-      root.bf16Copy = 0;
+    if (root.bf16Copy !== 0 && !root.bf16Stale) {
+      root.bf16Stale = true;
+      this.staleCopies.add(root);
     }
+  }
+
+  /** Release the BF16 copy of `t` (freed or about to be). */
+  private dropCopy(t: CudaTensor): void {
+    if (t.bf16Copy === 0) return;
+    const slab = t.copySlab;
+    if (slab) {
+      t.copySlab = null;
+      if (--slab.refs === 0) this.gpu.free(slab.ptr);
+    } else {
+      this.gpu.free(t.bf16Copy);
+    }
+    t.bf16Copy = 0;
+    if (t.bf16Stale) {
+      t.bf16Stale = false;
+      this.staleCopies.delete(t);
+    }
+  }
+
+  /** Cast every out-of-date BF16 copy from its tensor again: one launch for all of them. */
+  private refreshCopies(): void {
+    const stale = [...this.staleCopies];
+    this.staleCopies.clear();
+    for (const t of stale) t.bf16Stale = false;
+    if (stale.length === 1) ops.castF32ToBf16(this.gpu, stale[0]!.ptr, stale[0]!.bf16Copy, stale[0]!.numel);
+    else ops.castF32ToBf16Many(this.gpu, stale.map((t) => ({ ptr: t.ptr, n: t.numel, extra: t.bf16Copy })));
   }
 
   /** Run `body` with a list of temporaries (device pointers) freed afterwards, stream-ordered. */
@@ -181,30 +249,60 @@ export class CudaBackend implements Backend {
     try {
       return body(temps);
     } finally {
-      for (const p of temps) this.ctx.free(p);
+      for (const p of temps) this.gpu.free(p);
     }
   }
 
   /**
-   * `t` in dtype `kind`: `t` itself, the BF16 copy of an FP32 upload (made now if missing; never
-   * during graph capture, where a copy could be freed before a replay), or a converted temporary
-   * pushed on `temps`. The result is an untracked tensor of the same shape.
+   * `t` in dtype `kind`: `t` itself, the BF16 copy of an FP32 upload (made now if missing,
+   * refreshed now with every other out-of-date copy if stale; never during graph capture, where
+   * a copy could be freed or rewritten before a replay), or a converted temporary pushed on
+   * `temps`. The result is an untracked tensor of the same shape.
    */
   private as(t: CudaTensor, kind: FloatKind, temps: number[]): CudaTensor {
     if (floatKind(t, 'convert') === kind) return t;
     const n = t.numel;
-    if (kind === 'bf16' && t.cachesBf16 && t.owned && !this.ctx.isCapturing) {
+    if (kind === 'bf16' && t.cachesBf16 && t.owned && !this.gpu.isCapturing) {
       if (t.bf16Copy === 0) {
-        t.bf16Copy = this.ctx.alloc(2 * n);
-        ops.castF32ToBf16(this.ctx, t.ptr, t.bf16Copy, n);
+        t.bf16Copy = this.gpu.alloc(2 * n);
+        ops.castF32ToBf16(this.gpu, t.ptr, t.bf16Copy, n);
+      } else if (t.bf16Stale) {
+        this.refreshCopies();
       }
       return new CudaTensor(t.shape, 'bf16', t.bf16Copy, false, t);
     }
-    const ptr = this.ctx.alloc(ops.FLOAT_BYTES[kind] * n);
+    const ptr = this.gpu.alloc(ops.FLOAT_BYTES[kind] * n);
     temps.push(ptr);
-    if (kind === 'bf16') ops.castF32ToBf16(this.ctx, t.ptr, ptr, n);
-    else ops.castBf16ToF32(this.ctx, t.ptr, ptr, n);
+    if (kind === 'bf16') ops.castF32ToBf16(this.gpu, t.ptr, ptr, n);
+    else ops.castBf16ToF32(this.gpu, t.ptr, ptr, n);
     return new CudaTensor(t.shape, kind, ptr, false, t);
+  }
+
+  /**
+   * The address of the BF16 copies of `ws` (FP32 uploads of one shape) stacked back to back in
+   * one allocation — made on first use, refreshed when stale — so that one strided batched GEMM
+   * reads every expert's weight; null where there are no such copies (FP32 mode, BF16 storage,
+   * graph capture).
+   */
+  private stackedCopies(ws: CudaTensor[]): number | null {
+    if (this.floatDType !== 'bf16' || this.gpu.isCapturing || ws.length === 0) return null;
+    const n = ws[0]!.numel;
+    if (!ws.every((w) => w.dtype === 'f32' && w.cachesBf16 && w.owned && w.numel === n) || new Set(ws).size !== ws.length) return null;
+    const bytes = 2 * n;
+    const slab = ws[0]!.copySlab;
+    if (!slab || !ws.every((w, e) => w.copySlab === slab && w.bf16Copy === slab.ptr + e * bytes)) {
+      const fresh: CopySlab = { ptr: this.gpu.alloc(bytes * ws.length), refs: 0 };
+      ws.forEach((w, e) => {
+        this.dropCopy(w);
+        w.bf16Copy = fresh.ptr + e * bytes;
+        w.copySlab = fresh;
+        fresh.refs++;
+        w.bf16Stale = true;
+        this.staleCopies.add(w);
+      });
+    }
+    if (ws.some((w) => w.bf16Stale)) this.refreshCopies();
+    return ws[0]!.bf16Copy;
   }
 
   /** `t` in the activation dtype. */
@@ -232,18 +330,18 @@ export class CudaBackend implements Backend {
   private fill(t: CudaTensor, data: Float32Array | Float64Array): void {
     const f32 = data instanceof Float32Array ? data : Float32Array.from(data);
     if (t.dtype === 'f32') {
-      this.ctx.copyToDevice(t.ptr, f32);
+      this.gpu.copyToDevice(t.ptr, f32);
     } else {
-      const staging = this.ctx.upload(f32);
-      ops.castF32ToBf16(this.ctx, staging, t.ptr, f32.length);
-      this.ctx.free(staging);
+      const staging = this.gpu.upload(f32);
+      ops.castF32ToBf16(this.gpu, staging, t.ptr, f32.length);
+      this.gpu.free(staging);
     }
   }
 
   uploadInt(data: Int32Array, shape: readonly number[]): Tensor {
     if (data.length !== numel(shape)) throw new Error(`uploadInt: ${data.length} values for shape ${shapeString(shape)}`);
     const out = this.empty(shape, 'i32');
-    this.ctx.copyToDevice(out.ptr, data);
+    this.gpu.copyToDevice(out.ptr, data);
     return out;
   }
 
@@ -252,14 +350,14 @@ export class CudaBackend implements Backend {
     const n = x.numel;
     const out = new Float32Array(n);
     if (x.dtype === 'f32') {
-      this.ctx.copyToHost(out, x.ptr);
+      this.gpu.copyToHost(out, x.ptr);
     } else if (x.dtype === 'bf16') {
-      const staging = this.ctx.alloc(4 * n);
-      ops.castBf16ToF32(this.ctx, x.ptr, staging, n);
+      const staging = this.gpu.alloc(4 * n);
+      ops.castBf16ToF32(this.gpu, x.ptr, staging, n);
       try {
-        this.ctx.copyToHost(out, staging);
+        this.gpu.copyToHost(out, staging);
       } finally {
-        this.ctx.free(staging);
+        this.gpu.free(staging);
       }
     } else {
       throw new Error(`download: ${x.dtype} tensor (use downloadInt)`);
@@ -270,14 +368,18 @@ export class CudaBackend implements Backend {
   downloadInt(t: Tensor): Int32Array {
     const x = int32(dev(t, 'downloadInt'), 'downloadInt');
     const out = new Int32Array(x.numel);
-    this.ctx.copyToHost(out, x.ptr);
+    this.gpu.copyToHost(out, x.ptr);
     return out;
   }
 
-  /** Zero-filled, stored as `dtype` (default storageDType: FP32 gradients and moments). */
-  zeros(shape: readonly number[], dtype: FloatKind = this.storageDType): CudaTensor {
+  /**
+   * Zero-filled: 'state' (default) in storageDType (FP32 gradients, moments, accumulators),
+   * 'activation' in floatDType (activation gradients assembled in place), or an explicit dtype.
+   */
+  zeros(shape: readonly number[], kind: TensorKind | FloatKind = 'state'): CudaTensor {
+    const dtype = kind === 'state' ? this.storageDType : kind === 'activation' ? this.floatDType : kind;
     const out = this.empty(shape, dtype);
-    this.ctx.memset8(out.ptr, 0, out.bytes);
+    this.gpu.memset8(out.ptr, 0, out.bytes);
     return out;
   }
 
@@ -299,8 +401,8 @@ export class CudaBackend implements Backend {
     if (!(t instanceof CudaTensor) || !t.owned || t.freed) return;
     t.freed = true;
     this.live.delete(t.serial);
-    this.written(t);
-    this.ctx.free(t.ptr);
+    this.dropCopy(t);
+    this.gpu.free(t.ptr);
   }
 
   copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void {
@@ -318,6 +420,18 @@ export class CudaBackend implements Backend {
   releaseAllocations(mark: number): void {
     // Deleting the current entry while iterating a Map is safe: iteration goes on with the next.
     for (const [serial, t] of this.live) if (serial > mark) this.free(t);
+    // the end of a step: freed memory unused for a whole step goes back to the pool
+    this.blocks.advance();
+  }
+
+  /** Freed device memory held for reuse, and how allocations were served (diagnostics). */
+  cachedMemory(): { bytes: number; hits: number; misses: number; released: number } {
+    return { bytes: this.blocks.cachedBytes, ...this.blocks.stats };
+  }
+
+  /** Return the freed memory held for reuse to the pool (stream-ordered), e.g. before measuring the pool. */
+  releaseCachedMemory(): void {
+    this.blocks.flush();
   }
 
   /** Wait for every queued op. */
@@ -372,8 +486,8 @@ export class CudaBackend implements Backend {
     const bytes = DTYPE_BYTES[c.dtype];
     for (let b = 0; b < batch; b++) {
       const base = c.ptr + ((r.offset ?? 0) + b * (r.batchStride ?? 0)) * bytes;
-      if (r.ld === n) this.ctx.memset8(base, 0, m * n * bytes);
-      else for (let i = 0; i < m; i++) this.ctx.memset8(base + i * r.ld * bytes, 0, n * bytes);
+      if (r.ld === n) this.gpu.memset8(base, 0, m * n * bytes);
+      else for (let i = 0; i < m; i++) this.gpu.memset8(base + i * r.ld * bytes, 0, n * bytes);
     }
   }
 
@@ -403,7 +517,7 @@ export class CudaBackend implements Backend {
     const x0 = dev(a, 'add a'), y0 = dev(b, 'add b');
     if (!sameShape(x0, y0)) throw new Error(`add: ${shapeString(x0.shape)} + ${shapeString(y0.shape)}`);
     const out = this.empty(x0.shape);
-    this.withTemps((temps) => ops.add(this.ctx, this.floatDType, this.act(x0, temps).ptr, this.act(y0, temps).ptr, out.ptr, out.numel));
+    this.withTemps((temps) => ops.add(this.gpu, this.floatDType, this.act(x0, temps).ptr, this.act(y0, temps).ptr, out.ptr, out.numel));
     return out;
   }
 
@@ -412,7 +526,7 @@ export class CudaBackend implements Backend {
     if (x.numel !== y0.numel) throw new Error(`addInPlace: ${shapeString(x.shape)} += ${shapeString(y0.shape)}`);
     const kind = floatKind(x, 'addInPlace');
     this.written(x);
-    this.withTemps((temps) => ops.addInPlace(this.ctx, kind, x.ptr, this.as(y0, kind, temps).ptr, alpha, x.numel));
+    this.withTemps((temps) => ops.addInPlace(this.gpu, kind, x.ptr, this.as(y0, kind, temps).ptr, alpha, x.numel));
   }
 
   rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
@@ -423,8 +537,8 @@ export class CudaBackend implements Backend {
     const rows = out.numel / d;
     this.withTemps((temps) => {
       const xt = this.act(x0, temps);
-      if (this.floatDType === 'bf16' && floatKind(w0, 'rmsNorm w') === 'f32') ops.rmsNormF32Weight(this.ctx, xt.ptr, w0.ptr, out.ptr, rows, d, eps);
-      else ops.rmsNorm(this.ctx, this.floatDType, xt.ptr, this.act(w0, temps).ptr, out.ptr, rows, d, eps);
+      if (this.floatDType === 'bf16' && floatKind(w0, 'rmsNorm w') === 'f32') ops.rmsNormF32Weight(this.gpu, xt.ptr, w0.ptr, out.ptr, rows, d, eps);
+      else ops.rmsNorm(this.gpu, this.floatDType, xt.ptr, this.act(w0, temps).ptr, out.ptr, rows, d, eps);
     });
     return out;
   }
@@ -433,7 +547,7 @@ export class CudaBackend implements Backend {
     const g0 = dev(gate, 'swiglu gate'), u0 = dev(up, 'swiglu up');
     if (!sameShape(g0, u0)) throw new Error(`swiglu: gate ${shapeString(g0.shape)}, up ${shapeString(u0.shape)}`);
     const out = this.empty(g0.shape);
-    this.withTemps((temps) => ops.swiglu(this.ctx, this.floatDType, this.act(g0, temps).ptr, this.act(u0, temps).ptr, out.ptr, out.numel));
+    this.withTemps((temps) => ops.swiglu(this.gpu, this.floatDType, this.act(g0, temps).ptr, this.act(u0, temps).ptr, out.ptr, out.numel));
     return out;
   }
 
@@ -444,7 +558,7 @@ export class CudaBackend implements Backend {
     if (start < 0 || end > C || start > end) throw new Error(`sliceCols: [${start}, ${end}) of ${C} columns`);
     const out = this.empty([M, end - start]);
     const e = DTYPE_BYTES[out.dtype];
-    this.withTemps((temps) => ops.copy2d(this.ctx, e, this.act(t0, temps).ptr + start * e, C, 0, out.ptr, end - start, 0, M, end - start));
+    this.withTemps((temps) => ops.copy2d(this.gpu, e, this.act(t0, temps).ptr + start * e, C, 0, out.ptr, end - start, 0, M, end - start));
     return out;
   }
 
@@ -460,14 +574,14 @@ export class CudaBackend implements Backend {
     const e = DTYPE_BYTES[out.dtype];
     this.withTemps((temps) => {
       const x = this.act(x0, temps), y = this.act(y0, temps);
-      ops.copy2d(this.ctx, e, x.ptr, Ca, 0, out.ptr, W, 0, N * H, Ca);
+      ops.copy2d(this.gpu, e, x.ptr, Ca, 0, out.ptr, W, 0, N * H, Ca);
       if (Hb === H) {
-        ops.copy2d(this.ctx, e, y.ptr, Cb, 0, out.ptr + Ca * e, W, 0, N * H, Cb);
+        ops.copy2d(this.gpu, e, y.ptr, Cb, 0, out.ptr + Ca * e, W, 0, N * H, Cb);
       } else {
         // One row of b per token, repeated for every head: row stride 0 inside a token's batch.
         for (let n0 = 0; n0 < N; n0 += 65535) {
           const count = Math.min(65535, N - n0);
-          ops.copy2d(this.ctx, e, y.ptr + n0 * Cb * e, 0, Cb, out.ptr + (n0 * H * W + Ca) * e, W, H * W, H, Cb, count);
+          ops.copy2d(this.gpu, e, y.ptr + n0 * Cb * e, 0, Cb, out.ptr + (n0 * H * W + Ca) * e, W, H * W, H, Cb, count);
         }
       }
     });
@@ -482,9 +596,9 @@ export class CudaBackend implements Backend {
     const [V, d] = t0.shape as [number, number];
     const out = this.empty([...i.shape, d]);
     if (this.floatDType === 'bf16' && floatKind(t0, 'embedding table') === 'f32') {
-      ops.embeddingF32ToBf16(this.ctx, t0.ptr, i.ptr, out.ptr, i.numel, d, V);
+      ops.embeddingF32ToBf16(this.gpu, t0.ptr, i.ptr, out.ptr, i.numel, d, V);
     } else {
-      this.withTemps((temps) => ops.embedding(this.ctx, this.floatDType, this.act(t0, temps).ptr, i.ptr, out.ptr, i.numel, d, V));
+      this.withTemps((temps) => ops.embedding(this.gpu, this.floatDType, this.act(t0, temps).ptr, i.ptr, out.ptr, i.numel, d, V));
     }
     return out;
   }
@@ -501,7 +615,7 @@ export class CudaBackend implements Backend {
       // BF16 activations read FP32 or BF16 tables; FP32 activations need FP32 tables.
       const tables: FloatKind = this.floatDType === 'f32' ? 'f32' : floatKind(c0, 'rope tables');
       const c = this.as(c0, tables, temps), s = this.as(s0, tables, temps);
-      ops.rope(this.ctx, this.floatDType, tables, this.act(x0, temps).ptr, c.ptr, s.ptr, p.ptr, out.ptr, N, H, W, colOffset, rot, c.numel / half, inverse);
+      ops.rope(this.gpu, this.floatDType, tables, this.act(x0, temps).ptr, c.ptr, s.ptr, p.ptr, out.ptr, N, H, W, colOffset, rot, c.numel / half, inverse);
     });
     return out;
   }
@@ -522,10 +636,10 @@ export class CudaBackend implements Backend {
       if (this.flashEligible(Dk, Dv, [qt, kt, vt, out])) {
         // the log-sum-exp rows let the backward pass skip recomputing the softmax statistics
         const lse = this.empty([B, H, Tq], 'f32');
-        flashAttentionForward(this.ctx, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: out.ptr, lse: lse.ptr, B, Tq, Tk, H, Dk, Dv, scale, qStart });
+        flashAttentionForward(this.gpu, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: out.ptr, lse: lse.ptr, B, Tq, Tk, H, Dk, Dv, scale, qStart });
         this.attentionLse.set(out, lse);
       } else {
-        ops.attention(this.ctx, this.floatDType, qt.ptr, 0, kt.ptr, 0, vt.ptr, out.ptr, { B, Tq, Tk, S: Tk, H, Hk: H, D1: Dk, D2: 0, Dv }, scale, qStart);
+        ops.attention(this.gpu, this.floatDType, qt.ptr, 0, kt.ptr, 0, vt.ptr, out.ptr, { B, Tq, Tk, S: Tk, H, Hk: H, D1: Dk, D2: 0, Dv }, scale, qStart);
       }
     });
     return out;
@@ -555,17 +669,17 @@ export class CudaBackend implements Backend {
       const ql = this.as(ql0, kind, temps), qp = this.as(qp0, kind, temps), kp = this.as(kp0, kind, temps);
       let res = out.ptr;
       if (kind !== out.dtype) {
-        res = this.ctx.alloc(ops.FLOAT_BYTES[kind] * out.numel);
+        res = this.gpu.alloc(ops.FLOAT_BYTES[kind] * out.numel);
         temps.push(res);
       }
       if (this.useFlash && kind === 'bf16' && C % 16 === 0 && R % 8 === 0 && [ql, qp, c, kp].every((t) => t.ptr % 16 === 0) && res % 16 === 0) {
-        mlaDecode(this.ctx, { qLat: ql.ptr, qPe: qp.ptr, ckv: c.ptr, kpe: kp.ptr, out: res, B, Tq, H, C, R, S, kvLen, scale, qStart });
+        mlaDecode(this.gpu, { qLat: ql.ptr, qPe: qp.ptr, ckv: c.ptr, kpe: kp.ptr, out: res, B, Tq, H, C, R, S, kvLen, scale, qStart });
       } else {
-        ops.attention(this.ctx, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
+        ops.attention(this.gpu, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
       }
       if (res !== out.ptr) {
-        if (kind === 'f32') ops.castF32ToBf16(this.ctx, res, out.ptr, out.numel);
-        else ops.castBf16ToF32(this.ctx, res, out.ptr, out.numel);
+        if (kind === 'f32') ops.castF32ToBf16(this.gpu, res, out.ptr, out.numel);
+        else ops.castBf16ToF32(this.gpu, res, out.ptr, out.numel);
       }
     });
     return out;
@@ -581,7 +695,7 @@ export class CudaBackend implements Backend {
     const kind = floatKind(d, 'writeCache dst');
     const e = DTYPE_BYTES[d.dtype];
     this.written(d);
-    this.withTemps((temps) => ops.copy2d(this.ctx, e, this.as(s0, kind, temps).ptr, C, T * C, d.ptr + start * C * e, C, S * C, T, C, B));
+    this.withTemps((temps) => ops.copy2d(this.gpu, e, this.as(s0, kind, temps).ptr, C, T * C, d.ptr + start * C * e, C, S * C, T, C, B));
   }
 
   // ---- mixture of experts -------------------------------------------------------------
@@ -594,18 +708,18 @@ export class CudaBackend implements Backend {
     const scores = this.empty([N, E], 'f32');
     const indices = this.empty([N, cfg.topK], 'i32');
     const weights = this.empty([N, cfg.topK], 'f32');
-    ops.routerTopK(this.ctx, floatKind(l, 'routerTopK logits'), b ? floatKind(b, 'routerTopK bias') : 'f32', l.ptr, b ? b.ptr : 0,
+    ops.routerTopK(this.gpu, floatKind(l, 'routerTopK logits'), b ? floatKind(b, 'routerTopK bias') : 'f32', l.ptr, b ? b.ptr : 0,
       scores.ptr, indices.ptr, weights.ptr, N, E, cfg);
     return { scores, indices, weights };
   }
 
-  moePermute(x: Tensor, indices: Tensor, numExperts: number): MoePermutation {
+  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation {
     const x0 = dev(x, 'moePermute x'), it = int32(dev(indices, 'moePermute indices'), 'moePermute indices');
     const [N, d] = x0.shape as [number, number];
     const K = lastDim(it);
     if (x0.shape.length !== 2 || it.numel !== N * K) throw new Error(`moePermute: x ${shapeString(x0.shape)}, indices ${shapeString(it.shape)}`);
-    const p = this.withTemps((temps) => ops.moePermute(this.ctx, this.floatDType, this.act(x0, temps).ptr, it.ptr, N, K, d, numExperts));
-    return { rows: this.adopt([N * K, d], this.floatDType, p.rows), sourceSlot: this.adopt([N * K], 'i32', p.sourceSlot), counts: p.counts };
+    const p = this.withTemps((temps) => ops.moePermute(this.gpu, this.floatDType, this.act(x0, temps).ptr, it.ptr, N, K, d, numExperts, padding));
+    return { rows: this.adopt([p.nRows, d], this.floatDType, p.rows), sourceSlot: this.adopt([p.nRows], 'i32', p.sourceSlot), counts: p.counts, capacity: p.capacity };
   }
 
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor {
@@ -613,16 +727,122 @@ export class CudaBackend implements Backend {
     const w0 = dev(weights, 'moeUnpermute weights');
     const [N, K] = w0.shape as [number, number];
     const d = lastDim(y0);
-    if (w0.shape.length !== 2 || y0.numel !== N * K * d || s.numel !== N * K) {
+    if (w0.shape.length !== 2 || y0.numel !== s.numel * d || s.numel < N * K) {
       throw new Error(`moeUnpermute: expertOut ${shapeString(y0.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w0.shape)}`);
     }
     const out = this.empty([N, d]);
     this.withTemps((temps) => {
       // BF16 rows take FP32 or BF16 weights; FP32 rows take FP32 weights.
       const w = this.floatDType === 'f32' ? this.as(w0, 'f32', temps) : w0;
-      ops.moeUnpermute(this.ctx, this.floatDType, floatKind(w, 'moeUnpermute weights'), this.act(y0, temps).ptr, s.ptr, w.ptr, out.ptr, N, K, d);
+      ops.moeUnpermute(this.gpu, this.floatDType, floatKind(w, 'moeUnpermute weights'), this.act(y0, temps).ptr, s.ptr, w.ptr, out.ptr, N, K, d, s.numel);
     });
     return out;
+  }
+
+  /** The weights of a grouped Linear: E distinct tensors of one shape [out, in]. */
+  private groupWeights(weights: readonly Tensor[], what: string): { ws: CudaTensor[]; out: number; inp: number } {
+    const ws = weights.map((w) => dev(w, what));
+    const shape = ws[0]?.shape ?? [];
+    if (ws.length === 0 || shape.length !== 2 || !ws.every((w) => sameShape(w, ws[0]!))) {
+      throw new Error(`${what}: ${ws.length} weights of shapes ${ws.map((w) => shapeString(w.shape)).join(', ')}`);
+    }
+    return { ws, out: shape[0]!, inp: shape[1]! };
+  }
+
+  /** Rows per expert of a tensor of `rows` rows split over E experts. */
+  private static blockRows(what: string, rows: number, E: number): number {
+    const C = rows / E;
+    if (!Number.isInteger(C)) throw new Error(`${what}: ${rows} rows do not split into blocks for ${E} experts`);
+    return C;
+  }
+
+  /** One strided batched GEMM over the experts' stacked BF16 weights; a GEMM per expert where there are none. */
+  groupedLinear(x: Tensor, weights: readonly Tensor[]): Tensor {
+    const x0 = dev(x, 'groupedLinear x');
+    const { ws, out, inp } = this.groupWeights(weights, 'groupedLinear');
+    const E = ws.length;
+    if (x0.shape.length !== 2 || x0.shape[1] !== inp) throw new Error(`groupedLinear: x ${shapeString(x0.shape)} with weights ${shapeString(ws[0]!.shape)}`);
+    const C = CudaBackend.blockRows('groupedLinear', x0.shape[0]!, E);
+    const y = this.empty([E * C, out]);
+    if (C === 0) return y;
+    const stacked = this.stackedCopies(ws);
+    if (stacked === null) {
+      for (let e = 0; e < E; e++) {
+        this.gemm({ m: C, n: out, k: inp, a: { tensor: x0, offset: e * C * inp, ld: inp }, b: { tensor: ws[e]!, ld: inp, trans: true }, c: { tensor: y, offset: e * C * out, ld: out } });
+      }
+      return y;
+    }
+    const t = this.floatDType as GemmDType;
+    this.withTemps((temps) => {
+      this.matmul.run({ m: C, n: out, k: inp, abType: t, cType: t, transA: false, transB: true, lda: inp, ldb: inp, ldc: out, batch: E,
+        strideA: C * inp, strideB: out * inp, strideC: C * out }, this.act(x0, temps).ptr, stacked, y.ptr);
+    });
+    return y;
+  }
+
+  groupedLinearBackwardInput(dy: Tensor, weights: readonly Tensor[], into?: Tensor, accumulate = false): Tensor {
+    const g0 = dev(dy, 'groupedLinearBackwardInput dy');
+    const { ws, out, inp } = this.groupWeights(weights, 'groupedLinearBackwardInput');
+    const E = ws.length;
+    if (g0.shape.length !== 2 || g0.shape[1] !== out) throw new Error(`groupedLinearBackwardInput: dy ${shapeString(g0.shape)} with weights ${shapeString(ws[0]!.shape)}`);
+    const C = CudaBackend.blockRows('groupedLinearBackwardInput', g0.shape[0]!, E);
+    const dx = into ? dev(into, 'groupedLinearBackwardInput into') : this.empty([E * C, inp]);
+    if (dx.numel !== E * C * inp || lastDim(dx) !== inp) throw new Error(`groupedLinearBackwardInput: into ${shapeString(dx.shape)} for ${E * C} rows of ${inp}`);
+    if (C === 0) return dx;
+    const beta = accumulate ? 1 : 0;
+    const stacked = this.stackedCopies(ws);
+    if (stacked === null) {
+      for (let e = 0; e < E; e++) {
+        this.gemm({ m: C, n: inp, k: out, beta, a: { tensor: g0, offset: e * C * out, ld: out }, b: { tensor: ws[e]!, ld: inp }, c: { tensor: dx, offset: e * C * inp, ld: inp } });
+      }
+      return dx;
+    }
+    const cType = floatKind(dx, 'groupedLinearBackwardInput into') as GemmDType;
+    this.written(dx);
+    this.withTemps((temps) => {
+      this.matmul.run({ m: C, n: inp, k: out, abType: this.floatDType as GemmDType, cType, transA: false, transB: false, lda: out, ldb: inp, ldc: inp, batch: E,
+        strideA: C * out, strideB: out * inp, strideC: C * inp }, this.act(g0, temps).ptr, stacked, dx.ptr, 1, beta);
+    });
+    return dx;
+  }
+
+  /**
+   * One strided batched GEMM: straight into the gradients when they lie at a constant distance
+   * from one another (as consecutive allocations from the pool often do), else into an FP32
+   * scratch [E, out, in] followed by one multi-tensor add into the gradients; a GEMM per expert for
+   * gradients that are not FP32.
+   */
+  groupedLinearBackwardWeight(x: Tensor, dy: Tensor, grads: readonly Tensor[]): void {
+    const x0 = dev(x, 'groupedLinearBackwardWeight x'), g0 = dev(dy, 'groupedLinearBackwardWeight dy');
+    const { ws: gs, out, inp } = this.groupWeights(grads, 'groupedLinearBackwardWeight');
+    const E = gs.length;
+    if (x0.shape.length !== 2 || g0.shape.length !== 2 || x0.shape[1] !== inp || g0.shape[1] !== out || x0.shape[0] !== g0.shape[0]) {
+      throw new Error(`groupedLinearBackwardWeight: x ${shapeString(x0.shape)}, dy ${shapeString(g0.shape)}, gradients ${shapeString(gs[0]!.shape)}`);
+    }
+    const C = CudaBackend.blockRows('groupedLinearBackwardWeight', x0.shape[0]!, E);
+    if (C === 0) return;
+    for (const g of gs) this.written(g);
+    if (!gs.every((g) => g.dtype === 'f32') || overlapping(gs)) {
+      for (let e = 0; e < E; e++) {
+        this.gemm({ m: out, n: inp, k: C, beta: 1, a: { tensor: g0, offset: e * C * out, ld: out, trans: true }, b: { tensor: x0, offset: e * C * inp, ld: inp }, c: { tensor: gs[e]!, ld: inp } });
+      }
+      return;
+    }
+    const gemm = (c: number, strideC: number, beta: number, temps: number[]) => this.matmul.run(
+      { m: out, n: inp, k: C, abType: this.floatDType as GemmDType, cType: 'f32', transA: true, transB: false, lda: out, ldb: inp, ldc: inp, batch: E,
+        strideA: C * out, strideB: C * inp, strideC }, this.act(g0, temps).ptr, this.act(x0, temps).ptr, c, 1, beta);
+    const stride = E > 1 ? (gs[1]!.ptr - gs[0]!.ptr) / 4 : out * inp;
+    const uniform = Number.isInteger(stride) && stride >= out * inp && gs.every((g, e) => g.ptr === gs[0]!.ptr + 4 * e * stride);
+    this.withTemps((temps) => {
+      if (uniform) {
+        gemm(gs[0]!.ptr, stride, 1, temps);
+        return;
+      }
+      const scratch = this.gpu.alloc(4 * E * out * inp);
+      temps.push(scratch);
+      gemm(scratch, out * inp, 0, temps);
+      ops.addMany(this.gpu, gs.map((g, e) => ({ ptr: g.ptr, n: out * inp, extra: scratch + 4 * e * out * inp })));
+    });
   }
 
   // ---- backward passes ----------------------------------------------------------------
@@ -633,7 +853,7 @@ export class CudaBackend implements Backend {
     if (!sameShape(x0, g0) || w0.numel !== d) throw new Error(`rmsNormBackwardInput: x ${shapeString(x0.shape)}, w ${shapeString(w0.shape)}, dy ${shapeString(g0.shape)}`);
     const out = this.empty(x0.shape);
     this.withTemps((temps) => {
-      ops.rmsNormBackwardInput(this.ctx, this.floatDType, this.act(x0, temps).ptr, this.as(w0, 'f32', temps).ptr, this.act(g0, temps).ptr, out.ptr, out.numel / d, d, eps);
+      ops.rmsNormBackwardInput(this.gpu, this.floatDType, this.act(x0, temps).ptr, this.as(w0, 'f32', temps).ptr, this.act(g0, temps).ptr, out.ptr, out.numel / d, d, eps);
     });
     return out;
   }
@@ -645,7 +865,7 @@ export class CudaBackend implements Backend {
     const dwType = floatKind(gw, 'rmsNormBackwardWeight dw');
     this.written(gw);
     this.withTemps((temps) => {
-      ops.rmsNormBackwardWeight(this.ctx, this.floatDType, dwType, this.act(x0, temps).ptr, this.act(g0, temps).ptr, gw.ptr, x0.numel / d, d, eps);
+      ops.rmsNormBackwardWeight(this.gpu, this.floatDType, dwType, this.act(x0, temps).ptr, this.act(g0, temps).ptr, gw.ptr, x0.numel / d, d, eps);
     });
   }
 
@@ -654,7 +874,7 @@ export class CudaBackend implements Backend {
     if (!sameShape(g0, u0) || !sameShape(g0, d0)) throw new Error(`swigluBackward: gate ${shapeString(g0.shape)}, up ${shapeString(u0.shape)}, dy ${shapeString(d0.shape)}`);
     const dGate = this.empty(g0.shape), dUp = this.empty(g0.shape);
     this.withTemps((temps) => {
-      ops.swigluBackward(this.ctx, this.floatDType, this.act(g0, temps).ptr, this.act(u0, temps).ptr, this.act(d0, temps).ptr, dGate.ptr, dUp.ptr, dGate.numel);
+      ops.swigluBackward(this.gpu, this.floatDType, this.act(g0, temps).ptr, this.act(u0, temps).ptr, this.act(d0, temps).ptr, dGate.ptr, dUp.ptr, dGate.numel);
     });
     return { dGate, dUp };
   }
@@ -666,7 +886,7 @@ export class CudaBackend implements Backend {
     if (t.shape.length !== 2 || g.numel !== i.numel * d) throw new Error(`embeddingBackward: ids ${shapeString(i.shape)}, dy ${shapeString(g.shape)}, dTable ${shapeString(t.shape)}`);
     if (t.dtype !== 'f32') throw new Error(`embeddingBackward: the table gradient must be FP32, got ${t.dtype}`);
     this.written(t);
-    ops.embeddingBackward(this.ctx, floatKind(g, 'embeddingBackward dy'), i.ptr, g.ptr, t.ptr, i.numel, d, V);
+    ops.embeddingBackward(this.gpu, floatKind(g, 'embeddingBackward dy'), i.ptr, g.ptr, t.ptr, i.numel, d, V);
   }
 
   addToCols(dst: Tensor, src: Tensor, start: number): void {
@@ -676,7 +896,7 @@ export class CudaBackend implements Backend {
     if (s0.numel / W !== M || start < 0 || start + W > C) throw new Error(`addToCols: ${shapeString(s0.shape)} at ${start} into ${shapeString(d.shape)}`);
     const kind = floatKind(d, 'addToCols dst');
     this.written(d);
-    this.withTemps((temps) => ops.addToCols(this.ctx, kind, d.ptr, this.as(s0, kind, temps).ptr, M, C, W, start));
+    this.withTemps((temps) => ops.addToCols(this.gpu, kind, d.ptr, this.as(s0, kind, temps).ptr, M, C, W, start));
   }
 
   sumHeads(x: Tensor): Tensor {
@@ -684,7 +904,7 @@ export class CudaBackend implements Backend {
     if (x0.shape.length !== 3) throw new Error(`sumHeads: ${shapeString(x0.shape)} is not [N, H, C]`);
     const [N, H, C] = x0.shape as [number, number, number];
     const out = this.empty([N, 1, C]);
-    this.withTemps((temps) => ops.sumHeads(this.ctx, this.floatDType, this.act(x0, temps).ptr, out.ptr, N, H, C));
+    this.withTemps((temps) => ops.sumHeads(this.gpu, this.floatDType, this.act(x0, temps).ptr, out.ptr, N, H, C));
     return out;
   }
 
@@ -714,10 +934,10 @@ export class CudaBackend implements Backend {
       if (!lse || lse.released) {
         lse = this.empty([B, H, Tq], 'f32');
         const scratch = this.empty(o0.shape, 'bf16');
-        flashAttentionForward(this.ctx, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: scratch.ptr, lse: lse.ptr, B, Tq, Tk, H, Dk, Dv, scale, qStart });
+        flashAttentionForward(this.gpu, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: scratch.ptr, lse: lse.ptr, B, Tq, Tk, H, Dk, Dv, scale, qStart });
         this.free(scratch);
       }
-      flashAttentionBackward(this.ctx, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: ot.ptr, dOut: gt.ptr, lse: lse.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, gradType: 'bf16', B, Tq, Tk, H, Dk, Dv, scale, qStart });
+      flashAttentionBackward(this.gpu, { q: qt.ptr, k: kt.ptr, v: vt.ptr, out: ot.ptr, dOut: gt.ptr, lse: lse.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, gradType: 'bf16', B, Tq, Tk, H, Dk, Dv, scale, qStart });
     });
     return { dq, dk, dv };
   }
@@ -729,12 +949,12 @@ export class CudaBackend implements Backend {
     const dk32 = this.empty(k0.shape, 'f32'), dv32 = this.empty(v0.shape, 'f32');
     this.withTemps((temps) => {
       const qt = this.act(q0, temps), kt = this.act(k0, temps), vt = this.act(v0, temps), ot = this.act(o0, temps), gt = this.act(g0, temps);
-      ops.attentionBackward(this.ctx, this.floatDType, qt.ptr, kt.ptr, vt.ptr, ot.ptr, gt.ptr, dq.ptr, dk32.ptr, dv32.ptr, s, scale, qStart);
+      ops.attentionBackward(this.gpu, this.floatDType, qt.ptr, kt.ptr, vt.ptr, ot.ptr, gt.ptr, dq.ptr, dk32.ptr, dv32.ptr, s, scale, qStart);
     });
     if (this.floatDType === 'f32') return { dq, dk: dk32, dv: dv32 };
     const dk = this.empty(k0.shape), dv = this.empty(v0.shape);
-    ops.castF32ToBf16(this.ctx, dk32.ptr, dk.ptr, dk.numel);
-    ops.castF32ToBf16(this.ctx, dv32.ptr, dv.ptr, dv.numel);
+    ops.castF32ToBf16(this.gpu, dk32.ptr, dk.ptr, dk.numel);
+    ops.castF32ToBf16(this.gpu, dv32.ptr, dv.ptr, dv.numel);
     this.free(dk32);
     this.free(dv32);
     return { dq, dk, dv };
@@ -746,26 +966,27 @@ export class CudaBackend implements Backend {
     const s = int32(dev(sourceSlot, 'moeUnpermuteBackward sourceSlot'), 'moeUnpermuteBackward sourceSlot'), w0 = dev(weights, 'moeUnpermuteBackward weights');
     const [N, K] = w0.shape as [number, number];
     const d = lastDim(y0);
-    if (w0.shape.length !== 2 || y0.numel !== N * K * d || s.numel !== N * K || g0.numel !== N * d) {
+    if (w0.shape.length !== 2 || y0.numel !== s.numel * d || s.numel < N * K || g0.numel !== N * d) {
       throw new Error(`moeUnpermuteBackward: dy ${shapeString(g0.shape)}, expertOut ${shapeString(y0.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w0.shape)}`);
     }
     const dExpertOut = this.empty(y0.shape), dWeights = this.empty([N, K], 'f32');
     this.withTemps((temps) => {
-      ops.moeUnpermuteBackward(this.ctx, this.floatDType, this.act(g0, temps).ptr, this.act(y0, temps).ptr, s.ptr, this.as(w0, 'f32', temps).ptr,
-        dExpertOut.ptr, dWeights.ptr, N, K, d);
+      ops.moeUnpermuteBackward(this.gpu, this.floatDType, this.act(g0, temps).ptr, this.act(y0, temps).ptr, s.ptr, this.as(w0, 'f32', temps).ptr,
+        dExpertOut.ptr, dWeights.ptr, N, K, d, s.numel);
     });
     return { dExpertOut, dWeights };
   }
 
-  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number): Tensor {
+  moePermuteBackward(dRows: Tensor, sourceSlot: Tensor, numTokens: number, slots?: number): Tensor {
     const r0 = dev(dRows, 'moePermuteBackward dRows'), s = int32(dev(sourceSlot, 'moePermuteBackward sourceSlot'), 'moePermuteBackward sourceSlot');
     const d = lastDim(r0);
-    const K = numTokens > 0 ? s.numel / numTokens : 0;
-    if (!Number.isInteger(K) || r0.numel !== s.numel * d || (numTokens === 0 && s.numel !== 0)) {
-      throw new Error(`moePermuteBackward: dRows ${shapeString(r0.shape)}, sourceSlot ${shapeString(s.shape)} for ${numTokens} tokens`);
+    const nk = slots ?? s.numel;
+    const K = numTokens > 0 ? nk / numTokens : 0;
+    if (!Number.isInteger(K) || r0.numel !== s.numel * d || nk > s.numel || (numTokens === 0 && nk !== 0)) {
+      throw new Error(`moePermuteBackward: dRows ${shapeString(r0.shape)}, sourceSlot ${shapeString(s.shape)} for ${numTokens} tokens and ${nk} slots`);
     }
     const out = this.empty([numTokens, d]);
-    this.withTemps((temps) => ops.moePermuteBackward(this.ctx, this.floatDType, this.act(r0, temps).ptr, s.ptr, out.ptr, numTokens, K, d));
+    this.withTemps((temps) => ops.moePermuteBackward(this.gpu, this.floatDType, this.act(r0, temps).ptr, s.ptr, out.ptr, numTokens, K, d, s.numel));
     return out;
   }
 
@@ -781,7 +1002,7 @@ export class CudaBackend implements Backend {
     const out = this.empty([N, E]);
     this.withTemps((temps) => {
       const ds = ds0 ? this.as(ds0, 'f32', temps).ptr : 0;
-      ops.routerBackward(this.ctx, this.floatDType, this.as(sc0, 'f32', temps).ptr, idx.ptr, this.as(dw0, 'f32', temps).ptr, ds, out.ptr, N, E, cfg);
+      ops.routerBackward(this.gpu, this.floatDType, this.as(sc0, 'f32', temps).ptr, idx.ptr, this.as(dw0, 'f32', temps).ptr, ds, out.ptr, N, E, cfg);
     });
     return out;
   }
@@ -793,7 +1014,7 @@ export class CudaBackend implements Backend {
     const K = lastDim(idx);
     if (sc0.shape.length !== 2 || N !== batch * seq || idx.numel !== N * K) throw new Error(`sequenceBalanceLoss: ${N} tokens for ${batch}×${seq}`);
     const dScores = this.empty([N, E], 'f32');
-    const loss = this.withTemps((temps) => ops.sequenceBalanceLoss(this.ctx, this.as(sc0, 'f32', temps).ptr, idx.ptr, dScores.ptr, batch, seq, E, K, alpha));
+    const loss = this.withTemps((temps) => ops.sequenceBalanceLoss(this.gpu, this.as(sc0, 'f32', temps).ptr, idx.ptr, dScores.ptr, batch, seq, E, K, alpha));
     return { loss, dScores };
   }
 
@@ -805,7 +1026,7 @@ export class CudaBackend implements Backend {
     const [M, V] = l0.shape as [number, number];
     if (t.numel !== M) throw new Error(`crossEntropy: ${t.numel} targets for ${M} rows`);
     const dLogits = this.empty([M, V]);
-    const r = this.withTemps((temps) => ops.crossEntropy(this.ctx, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale));
+    const r = this.withTemps((temps) => ops.crossEntropy(this.gpu, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale));
     if (r.invalid > 0) {
       this.free(dLogits);
       throw new Error(`crossEntropy: ${r.invalid} target(s) outside the vocabulary of ${V}`);
@@ -815,14 +1036,36 @@ export class CudaBackend implements Backend {
 
   sumSquares(x: Tensor): number {
     const t = dev(x, 'sumSquares');
-    return ops.sumSquares(this.ctx, floatKind(t, 'sumSquares'), t.ptr, t.numel);
+    return ops.sumSquares(this.gpu, floatKind(t, 'sumSquares'), t.ptr, t.numel);
+  }
+
+  /** One multi-tensor reduction and one download for all of `xs` (either dtype each). */
+  sumSquaresMany(xs: readonly Tensor[]): number {
+    return ops.sumSquaresMany(this.gpu, this.multiTensorEntries(xs, 'sumSquaresMany'));
+  }
+
+  /** The tensors of a multi-tensor launch; extra marks BF16 storage. */
+  private multiTensorEntries(xs: readonly Tensor[], what: string): ops.MultiTensorEntry[] {
+    return xs.map((x) => {
+      const t = dev(x, what);
+      return { ptr: t.ptr, n: t.numel, extra: floatKind(t, what) === 'bf16' ? 1 : 0 };
+    });
   }
 
   scaleInPlace(x: Tensor, alpha: number): void {
     const t = dev(x, 'scaleInPlace');
     const kind = floatKind(t, 'scaleInPlace');
     this.written(t);
-    ops.scale(this.ctx, kind, t.ptr, alpha, t.numel);
+    ops.scale(this.gpu, kind, t.ptr, alpha, t.numel);
+  }
+
+  /** One launch for all of `xs`, which must not overlap (each is scaled once). */
+  scaleInPlaceMany(xs: readonly Tensor[], alpha: number): void {
+    const entries = this.multiTensorEntries(xs, 'scaleInPlaceMany');
+    const overlap = overlapping(xs as CudaTensor[]);
+    if (overlap) throw new Error(`scaleInPlaceMany: tensors ${overlap[0]} and ${overlap[1]} overlap`);
+    for (const x of xs) this.written(x as CudaTensor);
+    ops.scaleMany(this.gpu, entries, alpha);
   }
 
   /** param, m and v must be FP32 (master weights and moments); a BF16 grad is converted. */
@@ -835,12 +1078,13 @@ export class CudaBackend implements Backend {
       if (t.dtype !== 'f32') throw new Error(`adamw: ${what} must be FP32 (master weights and moments), got ${t.dtype}`);
     }
     this.written(p);
-    this.withTemps((temps) => ops.adamw(this.ctx, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, p.numel, h));
+    this.withTemps((temps) => ops.adamw(this.gpu, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, p.numel, h));
   }
 
-  /** Free every live tensor, release the GEMM plans and the context. */
+  /** Free every live tensor and the cached memory, release the GEMM plans and the context. */
   dispose(): void {
     for (const t of [...this.live.values()]) this.free(t);
+    this.blocks.flush();
     this.ctx.synchronize();
     this.matmul.dispose();
     this.ctx.dispose();

@@ -69,6 +69,28 @@ function checkHeadDim(op: string, name: string, d: number): void {
   }
 }
 
+/** The sizes and the softmax scale of causal attention, forward and backward. */
+export interface AttentionShape {
+  B: number;
+  Tq: number;
+  Tk: number;
+  H: number;
+  Dk: number;
+  Dv: number;
+  scale: number;
+  /** Query i sits at absolute position qStart + i and sees keys j ≤ qStart + i, j < Tk. */
+  qStart: number;
+}
+
+/** The checks of an AttentionShape that the forward and the backward share. */
+function checkAttentionShape(op: string, a: AttentionShape): void {
+  for (const name of ['B', 'Tq', 'Tk', 'H', 'qStart'] as const) checkCount(`${op}: ${name}`, a[name]);
+  checkHeadDim(op, 'Dk', a.Dk);
+  checkHeadDim(op, 'Dv', a.Dv);
+  if (!(a.scale > 0 && Number.isFinite(a.scale))) throw new Error(`${op}: scale ${a.scale} (must be positive)`);
+  if (a.B > 65535 || a.H > 65535) throw new Error(`${op}: B = ${a.B}, H = ${a.H} (at most 65535 each)`);
+}
+
 /** Raise the function's dynamic shared memory limit once (per function and size). */
 const sharedLimits = new WeakMap<KernelFunction, number>();
 function prepareShared(ctx: CudaContext, op: string, fn: KernelFunction, bytes: number): void {
@@ -88,7 +110,7 @@ export function flashForwardSharedBytes(dkPad: number, dvPad: number): number {
   return (FLASH_BLOCK_M * (dkPad + 8) + 2 * FLASH_BLOCK_N * (dkPad + 8) + 2 * FLASH_BLOCK_N * (dvPad + 8)) * 2;
 }
 
-export interface FlashAttentionForwardArgs {
+export interface FlashAttentionForwardArgs extends AttentionShape {
   /** [B, Tq, H, Dk] BF16. */
   q: number;
   /** [B, kvCapacity, H, Dk] BF16; positions [0, Tk) are used. */
@@ -99,15 +121,6 @@ export interface FlashAttentionForwardArgs {
   out: number;
   /** [B, H, Tq] FP32, written: ln Σ_j exp(scale · q_i·k_j) over the keys row i sees (−inf if none); 0 to skip. */
   lse: number;
-  B: number;
-  Tq: number;
-  Tk: number;
-  H: number;
-  Dk: number;
-  Dv: number;
-  scale: number;
-  /** Query i sits at absolute position qStart + i and sees keys j ≤ qStart + i. */
-  qStart: number;
   /** Sequence length of the k and v tensors (default Tk). */
   kvCapacity?: number;
 }
@@ -117,17 +130,9 @@ export function flashAttentionForward(ctx: CudaContext, a: FlashAttentionForward
   const op = 'flashAttentionForward';
   const { B, Tq, Tk, H, Dk, Dv, scale, qStart } = a;
   const Skv = a.kvCapacity ?? Tk;
-  checkCount(`${op}: B`, B);
-  checkCount(`${op}: Tq`, Tq);
-  checkCount(`${op}: Tk`, Tk);
-  checkCount(`${op}: H`, H);
-  checkCount(`${op}: qStart`, qStart);
+  checkAttentionShape(op, a);
   checkCount(`${op}: kvCapacity`, Skv);
-  checkHeadDim(op, 'Dk', Dk);
-  checkHeadDim(op, 'Dv', Dv);
   if (Skv < Tk) throw new Error(`${op}: ${Tk} keys in tensors of ${Skv} positions`);
-  if (!(scale > 0 && Number.isFinite(scale))) throw new Error(`${op}: scale ${scale} (must be positive)`);
-  if (B > 65535 || H > 65535) throw new Error(`${op}: B = ${B}, H = ${H} (at most 65535 each)`);
   if (B === 0 || Tq === 0 || H === 0) return;
   for (const [name, p] of [['q', a.q], ['out', a.out]] as const) checkPointer(op, name, p, 16);
   if (Tk > 0) for (const [name, p] of [['k', a.k], ['v', a.v]] as const) checkPointer(op, name, p, 16);
@@ -149,7 +154,7 @@ export function flashBackwardSharedBytes(dkPad: number, dvPad: number): number {
   return 2 * queryTile + keys + 2 * N * (M + 8) * 2;                        // two query tiles, Pᵀ, dSᵀ
 }
 
-export interface FlashAttentionBackwardArgs {
+export interface FlashAttentionBackwardArgs extends AttentionShape {
   /** [B, Tq, H, Dk], [B, Tk, H, Dk], [B, Tk, H, Dv] BF16: the forward's inputs. */
   q: number;
   k: number;
@@ -166,14 +171,6 @@ export interface FlashAttentionBackwardArgs {
   dv: number;
   /** Storage of dq, dk, dv: 'bf16' (default) or 'f32'. */
   gradType?: 'bf16' | 'f32';
-  B: number;
-  Tq: number;
-  Tk: number;
-  H: number;
-  Dk: number;
-  Dv: number;
-  scale: number;
-  qStart: number;
 }
 
 /**
@@ -186,16 +183,8 @@ export function flashAttentionBackward(ctx: CudaContext, a: FlashAttentionBackwa
   const op = 'flashAttentionBackward';
   const { B, Tq, Tk, H, Dk, Dv, scale, qStart } = a;
   const gradType = a.gradType ?? 'bf16';
-  checkCount(`${op}: B`, B);
-  checkCount(`${op}: Tq`, Tq);
-  checkCount(`${op}: Tk`, Tk);
-  checkCount(`${op}: H`, H);
-  checkCount(`${op}: qStart`, qStart);
-  checkHeadDim(op, 'Dk', Dk);
-  checkHeadDim(op, 'Dv', Dv);
+  checkAttentionShape(op, a);
   if (gradType !== 'bf16' && gradType !== 'f32') throw new Error(`${op}: gradType ${String(gradType)}`);
-  if (!(scale > 0 && Number.isFinite(scale))) throw new Error(`${op}: scale ${scale} (must be positive)`);
-  if (B > 65535 || H > 65535) throw new Error(`${op}: B = ${B}, H = ${H} (at most 65535 each)`);
   const rows = B * Tq * H;
   checkCount(`${op}: B·Tq·H`, rows);
   if (B === 0 || H === 0 || (Tq === 0 && Tk === 0)) return;
@@ -315,12 +304,7 @@ export function mlaDecodePlan(ctx: CudaContext, a: Pick<MlaDecodeArgs, 'B' | 'Tq
 export function mlaDecode(ctx: CudaContext, a: MlaDecodeArgs): void {
   const op = 'mlaDecode';
   const { B, Tq, H, C, R, S, kvLen, scale, qStart } = a;
-  checkCount(`${op}: B`, B);
-  checkCount(`${op}: Tq`, Tq);
-  checkCount(`${op}: H`, H);
-  checkCount(`${op}: S`, S);
-  checkCount(`${op}: kvLen`, kvLen);
-  checkCount(`${op}: qStart`, qStart);
+  for (const name of ['B', 'Tq', 'H', 'S', 'kvLen', 'qStart'] as const) checkCount(`${op}: ${name}`, a[name]);
   if (!Number.isInteger(C) || C < 16 || C % 16 !== 0) throw new Error(`${op}: C = ${C} (a positive multiple of 16)`);
   if (!Number.isInteger(R) || R < 0 || R % 8 !== 0) throw new Error(`${op}: R = ${R} (a multiple of 8)`);
   if (kvLen > S) throw new Error(`${op}: kvLen ${kvLen} beyond the cache capacity ${S}`);

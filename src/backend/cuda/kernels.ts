@@ -44,7 +44,7 @@ export const KERNELS = {
   router_topk_bf16_f32: ROUTER,
   router_topk_bf16_bf16: ROUTER,
   moe_count: { file: 'moe.cu', args: [P, I, P] },
-  moe_scatter: { file: 'moe.cu', args: [P, I, P, P] },
+  moe_scatter: { file: 'moe.cu', args: [P, I, P, I, P] },
   moe_gather_bf16: { file: 'moe.cu', args: [P, P, P, I, I, I] },
   moe_gather_f32: { file: 'moe.cu', args: [P, P, P, I, I, I] },
   moe_invert: { file: 'moe.cu', args: [P, I, P] },
@@ -91,12 +91,27 @@ export const KERNELS = {
   sum_f64: { file: 'reduce.cu', args: [P, I, P] },
   sum_rows_f32_to_f64: { file: 'reduce.cu', args: [P, I, L, P] },
   adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, L, F, F, F, F, F, F, F, F, F, I] },
+  // table, tensors, chunks, chunkElems (see multi-tensor.cu)
+  sum_squares_many: { file: 'multi-tensor.cu', args: [P, I, I, L, P] },
+  scale_many: { file: 'multi-tensor.cu', args: [P, I, I, L, F] },
+  cast_f32_to_bf16_many: { file: 'multi-tensor.cu', args: [P, I, I, L] },
+  add_many: { file: 'multi-tensor.cu', args: [P, I, I, L] },
 } as const satisfies Record<string, KernelSpec>;
 
 export type KernelName = keyof typeof KERNELS;
 
+/** Functions already looked up, per context: a launch then costs one Map lookup. */
+const resolved = new WeakMap<CudaContext, Map<KernelName, KernelFunction>>();
+
 /** The launchable kernel `name` on `ctx` (its file compiled on first use). */
 export function kernel(ctx: CudaContext, name: KernelName): KernelFunction {
-  const spec: KernelSpec = KERNELS[name];
-  return ctx.kernels(spec.file).fn(name, spec.args);
+  let fns = resolved.get(ctx);
+  if (!fns) resolved.set(ctx, (fns = new Map()));
+  let f = fns.get(name);
+  if (!f) {
+    const spec: KernelSpec = KERNELS[name];
+    f = ctx.kernels(spec.file).fn(name, spec.args);
+    fns.set(name, f);
+  }
+  return f;
 }

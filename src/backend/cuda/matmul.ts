@@ -11,6 +11,8 @@
 // ~0.1–0.3 ms, and MoE GEMMs take a new token count M (or K, for weight gradients) per expert per
 // step, so the algorithm is shared by the problems whose M and K round up to the same powers of
 // two; should cuBLASLt refuse it for one of them, that problem gets its own heuristic answer.
+// Descriptors (one per pair of transposes) and matrix layouts are cached apart from the plans, so
+// a new problem mostly assembles its plan from handles that exist already.
 
 import type { Handle } from './ffi/driver.js';
 import {
@@ -68,12 +70,18 @@ function int32(v: number): Int32Array {
   return new Int32Array([v]);
 }
 
-/** Plans kept before the cache is emptied (a bound on descriptors when shapes keep changing). */
+/** Plans and layouts kept before the caches are emptied (a bound on descriptors when shapes keep changing). */
 const MAX_PLANS = 16384;
+const MAX_LAYOUTS = 16384;
 
 const roundUpPow2 = (v: number) => 2 ** Math.ceil(Math.log2(Math.max(v, 16)));
 
 export class CublasLtMatmul {
+  /** Matmul descriptors by transposes: they hold nothing else (FP32 compute and scale). */
+  private readonly descs = new Map<string, Handle>();
+  /** Matrix layouts by type, shape, leading dimension and batch: shared by every plan that uses one. */
+  private readonly layouts = new Map<string, Handle>();
+  /** Plans by problem (a plan owns no descriptor: it names a descriptor, three layouts and an algorithm). */
   private readonly plans = new Map<string, Plan>();
   /** Algorithms by problem class (M and K rounded up to powers of two). */
   private readonly algos = new Map<string, Buffer>();
@@ -82,69 +90,106 @@ export class CublasLtMatmul {
 
   constructor(private readonly ctx: CudaContext) {}
 
-  /** C = alpha·op(A)·op(B) + beta·C on the context's stream (device pointers a, b, c). */
+  /**
+   * C = alpha·op(A)·op(B) + beta·C on the context's stream (device pointers a, b, c). A problem
+   * seen before costs a key, a lookup and the cublasLtMatmul call; a new one builds its plan from
+   * cached descriptors and layouts, which MoE GEMMs (a new M per expert and step) mostly find.
+   */
   run(g: RowMajorGemm, a: number, b: number, c: number, alpha = 1, beta = 0): void {
     if (g.m === 0 || g.n === 0) return;
-    const batch = g.batch ?? 1;
-    const rest = `${g.n},${g.abType},${g.cType},${g.transA ? 1 : 0}${g.transB ? 1 : 0},${g.lda},${g.ldb},${g.ldc},${batch},${g.strideA ?? 0},${g.strideB ?? 0},${g.strideC ?? 0},${alignmentOf(a)},${alignmentOf(b)},${alignmentOf(c)}`;
+    const alignA = alignmentOf(a), alignB = alignmentOf(b), alignC = alignmentOf(c);
+    const rest = `${g.n},${g.abType},${g.cType},${g.transA ? 1 : 0}${g.transB ? 1 : 0},${g.lda},${g.ldb},${g.ldc},${g.batch ?? 1},${g.strideA ?? 0},${g.strideB ?? 0},${g.strideC ?? 0},${alignA},${alignB},${alignC}`;
     const key = `${g.m},${g.k},${rest}`;
     let plan = this.plans.get(key);
     if (!plan) {
-      if (this.plans.size >= MAX_PLANS) this.dispose();
+      if (this.plans.size >= MAX_PLANS || this.layouts.size >= MAX_LAYOUTS) this.clearPlans();
       const classKey = `${roundUpPow2(g.m)},${roundUpPow2(g.k)},${rest}`;
-      plan = this.makePlan(g, alignmentOf(a), alignmentOf(b), alignmentOf(c), this.algos.get(classKey));
+      plan = this.makePlan(g, alignA, alignB, alignC, this.algos.get(classKey));
       if (!this.algos.has(classKey)) this.algos.set(classKey, plan.algo);
       this.plans.set(key, plan);
     }
     this.alpha[0] = alpha;
     this.beta[0] = beta;
-    // Swapped operands: cuBLASLt's A is our B and its B is our A (see the header comment).
-    const launch = () => cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, b, plan.aLayout, a, plan.bLayout, this.beta, c, plan.cLayout, c, plan.cLayout,
-      plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
-    let status = launch();
+    let status = this.launch(plan, a, b, c);
     if (status !== 0 && plan.shared) {
       // the class's algorithm does not fit this problem: ask the heuristic for this one
-      plan.algo = this.heuristic(plan, g, alignmentOf(a), alignmentOf(b), alignmentOf(c));
+      plan.algo = this.heuristic(plan, g, alignA, alignB, alignC);
       plan.shared = false;
-      status = launch();
+      status = this.launch(plan, a, b, c);
     }
     check('cublasLtMatmul', status);
   }
 
-  private makePlan(g: RowMajorGemm, alignA: number, alignB: number, alignC: number, classAlgo: Buffer | undefined): Plan {
-    const lt = cublasLt();
-    const batch = g.batch ?? 1;
-    const out: Handle[] = [null];
-    check('cublasLtMatmulDescCreate', lt.cublasLtMatmulDescCreate(out, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const desc = out[0];
-    const layouts: Handle[] = [];
-    try {
-      check('cublasLtMatmulDescSetAttribute(TRANSA)', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, int32(g.transB ? CUBLAS_OP_T : CUBLAS_OP_N), 4));
-      check('cublasLtMatmulDescSetAttribute(TRANSB)', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, int32(g.transA ? CUBLAS_OP_T : CUBLAS_OP_N), 4));
-      const layout = (type: GemmDType, rows: number, cols: number, ld: number, stride: number): Handle => {
-        const o: Handle[] = [null];
-        check('cublasLtMatrixLayoutCreate', lt.cublasLtMatrixLayoutCreate(o, CUDA_TYPE[type], rows, cols, ld));
-        layouts.push(o[0]);
-        if (batch > 1) {
-          check('cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)', lt.cublasLtMatrixLayoutSetAttribute(o[0], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, int32(batch), 4));
-          check('cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)',
-            lt.cublasLtMatrixLayoutSetAttribute(o[0], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, new BigInt64Array([BigInt(stride)]), 8));
-        }
-        return o[0];
-      };
-      // cuBLASLt A = our B: op must be [N, K]. Stored row-major [K, N] reads column-major as [N, K].
-      const aLayout = g.transB ? layout(g.abType, g.k, g.n, g.ldb, g.strideB ?? 0) : layout(g.abType, g.n, g.k, g.ldb, g.strideB ?? 0);
-      // cuBLASLt B = our A: op must be [K, M]. Stored row-major [M, K] reads column-major as [K, M].
-      const bLayout = g.transA ? layout(g.abType, g.m, g.k, g.lda, g.strideA ?? 0) : layout(g.abType, g.k, g.m, g.lda, g.strideA ?? 0);
-      const cLayout = layout(g.cType, g.n, g.m, g.ldc, g.strideC ?? 0);
-      const plan: Plan = { desc, aLayout, bLayout, cLayout, algo: classAlgo ?? Buffer.alloc(0), shared: classAlgo !== undefined };
-      if (!classAlgo) plan.algo = this.heuristic(plan, g, alignA, alignB, alignC);
-      return plan;
-    } catch (e) {
-      for (const l of layouts) lt.cublasLtMatrixLayoutDestroy(l);
-      lt.cublasLtMatmulDescDestroy(desc);
-      throw e;
+  /** Swapped operands: cuBLASLt's A is our B and its B is our A (see the header comment). */
+  private launch(plan: Plan, a: number, b: number, c: number): number {
+    return cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, b, plan.aLayout, a, plan.bLayout, this.beta, c, plan.cLayout, c, plan.cLayout,
+      plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
+  }
+
+  /** The descriptor for one pair of transposes (made on first use). */
+  private desc(transA: boolean, transB: boolean): Handle {
+    const key = `${transA ? 'T' : 'N'}${transB ? 'T' : 'N'}`;
+    let desc = this.descs.get(key);
+    if (desc === undefined) {
+      const lt = cublasLt();
+      const out: Handle[] = [null];
+      check('cublasLtMatmulDescCreate', lt.cublasLtMatmulDescCreate(out, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      desc = out[0];
+      try {
+        check('cublasLtMatmulDescSetAttribute(TRANSA)', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, int32(transB ? CUBLAS_OP_T : CUBLAS_OP_N), 4));
+        check('cublasLtMatmulDescSetAttribute(TRANSB)', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, int32(transA ? CUBLAS_OP_T : CUBLAS_OP_N), 4));
+      } catch (e) {
+        lt.cublasLtMatmulDescDestroy(desc);
+        throw e;
+      }
+      this.descs.set(key, desc);
     }
+    return desc;
+  }
+
+  /** A column-major layout (made on first use): rows × cols with leading dimension ld, `batch` matrices `stride` apart. */
+  private layout(type: GemmDType, rows: number, cols: number, ld: number, batch: number, stride: number): Handle {
+    const key = `${type},${rows},${cols},${ld},${batch},${batch > 1 ? stride : 0}`;
+    let layout = this.layouts.get(key);
+    if (layout === undefined) {
+      const lt = cublasLt();
+      const o: Handle[] = [null];
+      check('cublasLtMatrixLayoutCreate', lt.cublasLtMatrixLayoutCreate(o, CUDA_TYPE[type], rows, cols, ld));
+      layout = o[0];
+      try {
+        if (batch > 1) {
+          check('cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)', lt.cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, int32(batch), 4));
+          check('cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)',
+            lt.cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, new BigInt64Array([BigInt(stride)]), 8));
+        }
+      } catch (e) {
+        lt.cublasLtMatrixLayoutDestroy(layout);
+        throw e;
+      }
+      this.layouts.set(key, layout);
+    }
+    return layout;
+  }
+
+  private makePlan(g: RowMajorGemm, alignA: number, alignB: number, alignC: number, classAlgo: Buffer | undefined): Plan {
+    const batch = g.batch ?? 1;
+    const desc = this.desc(g.transA, g.transB);
+    // cuBLASLt A = our B: op must be [N, K]. Stored row-major [K, N] reads column-major as [N, K].
+    const aLayout = g.transB ? this.layout(g.abType, g.k, g.n, g.ldb, batch, g.strideB ?? 0) : this.layout(g.abType, g.n, g.k, g.ldb, batch, g.strideB ?? 0);
+    // cuBLASLt B = our A: op must be [K, M]. Stored row-major [M, K] reads column-major as [K, M].
+    const bLayout = g.transA ? this.layout(g.abType, g.m, g.k, g.lda, batch, g.strideA ?? 0) : this.layout(g.abType, g.k, g.m, g.lda, batch, g.strideA ?? 0);
+    const cLayout = this.layout(g.cType, g.n, g.m, g.ldc, batch, g.strideC ?? 0);
+    const plan: Plan = { desc, aLayout, bLayout, cLayout, algo: classAlgo ?? Buffer.alloc(0), shared: classAlgo !== undefined };
+    if (!classAlgo) plan.algo = this.heuristic(plan, g, alignA, alignB, alignC);
+    return plan;
+  }
+
+  /** Forget the plans and destroy the layouts (the descriptors and the class algorithms stay). */
+  private clearPlans(): void {
+    const lt = cublasLt();
+    this.plans.clear();
+    for (const l of this.layouts.values()) lt.cublasLtMatrixLayoutDestroy(l);
+    this.layouts.clear();
   }
 
   /** The heuristic's best algorithm for one problem. */
@@ -175,16 +220,12 @@ export class CublasLtMatmul {
     return Buffer.from(results.subarray(0, HEURISTIC_ALGO_BYTES));
   }
 
-  /** Release every plan's descriptors. */
+  /** Release every descriptor and layout. */
   dispose(): void {
+    this.clearPlans();
     const lt = cublasLt();
-    for (const p of this.plans.values()) {
-      lt.cublasLtMatrixLayoutDestroy(p.aLayout);
-      lt.cublasLtMatrixLayoutDestroy(p.bLayout);
-      lt.cublasLtMatrixLayoutDestroy(p.cLayout);
-      lt.cublasLtMatmulDescDestroy(p.desc);
-    }
-    this.plans.clear();
+    for (const d of this.descs.values()) lt.cublasLtMatmulDescDestroy(d);
+    this.descs.clear();
     this.algos.clear();
   }
 }

@@ -4,7 +4,7 @@
 
 import type { CudaContext } from './context.js';
 import { kernel } from './kernels.js';
-import type { AdamWHyper, RouterConfig } from '../backend.js';
+import { moeCapacity, type AdamWHyper, type MoePadding, type RouterConfig } from '../backend.js';
 
 /** Storage type of a float buffer. */
 export type FloatKind = 'bf16' | 'f32';
@@ -62,7 +62,8 @@ export function swiglu(ctx: CudaContext, t: FloatKind, gate: number, up: number,
 /** y[rows, d] = x · w / sqrt(mean(x²) + eps), one block per row. */
 export function rmsNorm(ctx: CudaContext, t: FloatKind, x: number, w: number, y: number, rows: number, d: number, eps: number): void {
   if (rows === 0 || d === 0) return;
-  const threads = rowThreads(d, vec(t), 1024);
+  // four 16-byte vectors per thread: a row stays in registers between its two passes (rmsnorm.cu)
+  const threads = rowThreads(d, 4 * vec(t), 1024);
   kernel(ctx, t === 'bf16' ? 'rmsnorm_bf16' : 'rmsnorm_f32').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), threads, 0, [x, w, y, rows, d, eps]);
 }
 
@@ -125,55 +126,61 @@ export function routerTopK(ctx: CudaContext, logitsType: FloatKind, biasType: Fl
 }
 
 export interface DevicePermutation {
-  /** [N·K, d] rows grouped by expert (caller frees). */
+  /** [rows, d] rows grouped by expert (caller frees). */
   rows: number;
-  /** [N·K] i32: sorted row → slot n·K + k (caller frees). */
+  /** [rows] i32: sorted row → slot n·K + k, −1 for a padding row (caller frees). */
   sourceSlot: number;
   counts: number[];
+  /** Rows per expert when padded (see moeCapacity), else null: the rows are packed. */
+  capacity: number | null;
+  /** N·K packed, E·capacity padded. */
+  nRows: number;
 }
 
 /**
  * Stable counting sort of the N·K slots of `indices` [N, K] by expert, and the gathered rows of
- * x [N, d]. The counts come to the host (a synchronisation) before the gather, so an expert
- * index outside [0, E) is reported instead of gathering from unwritten slots.
+ * x [N, d]: packed (expert after expert), or padded to `capacity` rows per expert when `padding`
+ * allows it for these counts (padding rows zero, their sourceSlot −1). The counts come to the host
+ * (a synchronisation) before the scatter, so an expert index outside [0, E) is reported instead
+ * of gathering from unwritten slots.
  */
-export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: number, N: number, K: number, d: number, E: number): DevicePermutation {
+export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: number, N: number, K: number, d: number, E: number,
+  padding?: MoePadding): DevicePermutation {
   const nk = N * K;
   const counts = ctx.alloc(4 * Math.max(E, 1));
-  const sourceSlot = ctx.alloc(4 * nk);
   const hostCounts = new Int32Array(E);
+  let sourceSlot = 0, capacity: number | null = null, nRows = nk;
   try {
-    if (E > 0) {
-      kernel(ctx, 'moe_count').launch(ctx.stream, E, 256, 0, [indices, nk, counts]);
-      kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, sourceSlot]);
-    }
+    if (E > 0) kernel(ctx, 'moe_count').launch(ctx.stream, E, 256, 0, [indices, nk, counts]);
     ctx.copyToHost(hostCounts, counts, 4 * E);
+    const total = hostCounts.reduce((a, c) => a + c, 0);
+    if (total !== nk) throw new Error(`moePermute: ${nk - total} of ${nk} expert indices are outside [0, ${E})`);
+    capacity = padding ? moeCapacity([...hostCounts], nk, padding) : null;
+    if (capacity !== null) nRows = E * capacity;
+    sourceSlot = ctx.alloc(4 * nRows);
+    if (capacity !== null) ctx.memset8(sourceSlot, 0xff, 4 * nRows); // −1: no slot
+    if (E > 0 && nk > 0) kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, capacity ?? 0, sourceSlot]);
   } catch (e) {
     ctx.free(sourceSlot);
     throw e;
   } finally {
     ctx.free(counts);
   }
-  const total = hostCounts.reduce((a, c) => a + c, 0);
-  if (total !== nk) {
-    ctx.free(sourceSlot);
-    throw new Error(`moePermute: ${nk - total} of ${nk} expert indices are outside [0, ${E})`);
+  const rows = ctx.alloc(FLOAT_BYTES[t] * nRows * d);
+  if (nRows > 0 && d > 0) {
+    kernel(ctx, t === 'bf16' ? 'moe_gather_bf16' : 'moe_gather_f32').launch(ctx.stream, Math.min(nRows, 2 ** 31 - 1), rowThreads(d, vec(t), 256), 0, [x, sourceSlot, rows, nRows, K, d]);
   }
-  const rows = ctx.alloc(FLOAT_BYTES[t] * nk * d);
-  if (nk > 0 && d > 0) {
-    kernel(ctx, t === 'bf16' ? 'moe_gather_bf16' : 'moe_gather_f32').launch(ctx.stream, Math.min(nk, 2 ** 31 - 1), rowThreads(d, vec(t), 256), 0, [x, sourceSlot, rows, nk, K, d]);
-  }
-  return { rows, sourceSlot, counts: [...hostCounts] };
+  return { rows, sourceSlot, counts: [...hostCounts], capacity, nRows };
 }
 
-/** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K + k] → y [N, d]. */
+/** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K + k] → y [N, d]; expertOut has nRows ≥ N·K rows (padded: some without a slot). */
 export function moeUnpermute(ctx: CudaContext, t: FloatKind, weightType: FloatKind, expertOut: number, sourceSlot: number, weights: number, y: number,
-  N: number, K: number, d: number): void {
+  N: number, K: number, d: number, nRows = N * K): void {
   if (K > 64) throw new Error(`moeUnpermute: ${K} experts per token (at most 64)`);
   const nk = N * K;
   if (nk === 0 || d === 0) return;
   const rowOfSlot = ctx.alloc(4 * nk);
-  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nk / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nk, rowOfSlot]);
+  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nRows / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nRows, rowOfSlot]);
   let name: 'moe_combine_bf16_f32w' | 'moe_combine_bf16_bf16w' | 'moe_combine_f32_f32w';
   if (t === 'f32') {
     if (weightType !== 'f32') throw new Error('moeUnpermute: f32 rows need f32 weights');
@@ -223,7 +230,7 @@ export function attention(ctx: CudaContext, t: FloatKind, q1: number, q2: number
 /** y[rows, d] = x · w / sqrt(mean(x²) + eps) for BF16 x and y with an FP32 weight w (master weights). */
 export function rmsNormF32Weight(ctx: CudaContext, x: number, w: number, y: number, rows: number, d: number, eps: number): void {
   if (rows === 0 || d === 0) return;
-  kernel(ctx, 'rmsnorm_bf16_f32w').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), rowThreads(d, vec('bf16'), 1024), 0, [x, w, y, rows, d, eps]);
+  kernel(ctx, 'rmsnorm_bf16_f32w').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), rowThreads(d, 4 * vec('bf16'), 1024), 0, [x, w, y, rows, d, eps]);
 }
 
 /** y[n, d] (BF16) = table[ids[n], :] from an FP32 table [vocab, d]. */
@@ -319,19 +326,19 @@ export function attentionBackward(ctx: CudaContext, t: FloatKind, q: number, k: 
 }
 
 /**
- * Backward of moeUnpermute: dy [N, d], expertOut [N·K, d] (type t), sourceSlot [N·K], weights
- * [N, K] FP32 → dExpertOut [N·K, d] (type t), dWeights [N, K] FP32.
+ * Backward of moeUnpermute: dy [N, d], expertOut [nRows, d] (type t), sourceSlot [nRows], weights
+ * [N, K] FP32 → dExpertOut [nRows, d] (type t; zero in padding rows), dWeights [N, K] FP32.
  */
 export function moeUnpermuteBackward(ctx: CudaContext, t: FloatKind, dy: number, expertOut: number, sourceSlot: number, weights: number, dExpertOut: number,
-  dWeights: number, N: number, K: number, d: number): void {
-  const nk = N * K;
-  if (nk === 0) return;
+  dWeights: number, N: number, K: number, d: number, nRows = N * K): void {
+  if (nRows === 0) return;
   kernel(ctx, t === 'bf16' ? 'moe_unpermute_bwd_bf16' : 'moe_unpermute_bwd_f32')
-    .launch(ctx.stream, Math.min(nk, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dy, expertOut, sourceSlot, weights, dExpertOut, dWeights, nk, K, d]);
+    .launch(ctx.stream, Math.min(nRows, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dy, expertOut, sourceSlot, weights, dExpertOut, dWeights, nRows, K, d]);
 }
 
-/** Backward of moePermute: dRows [N·K, d] → dx [N, d], each token's K rows summed in slot order. */
-export function moePermuteBackward(ctx: CudaContext, t: FloatKind, dRows: number, sourceSlot: number, dx: number, N: number, K: number, d: number): void {
+/** Backward of moePermute: dRows [nRows, d] → dx [N, d], each token's K rows summed in slot order (padding rows ignored). */
+export function moePermuteBackward(ctx: CudaContext, t: FloatKind, dRows: number, sourceSlot: number, dx: number, N: number, K: number, d: number,
+  nRows = N * K): void {
   const nk = N * K;
   if (N === 0 || d === 0) return;
   if (K === 0) {
@@ -339,7 +346,7 @@ export function moePermuteBackward(ctx: CudaContext, t: FloatKind, dRows: number
     return;
   }
   const rowOfSlot = ctx.alloc(4 * nk);
-  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nk / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nk, rowOfSlot]);
+  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nRows / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nRows, rowOfSlot]);
   kernel(ctx, t === 'bf16' ? 'moe_permute_bwd_bf16' : 'moe_permute_bwd_f32').launch(ctx.stream, Math.min(N, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dRows, rowOfSlot, dx, N, K, d]);
   ctx.free(rowOfSlot);
 }
@@ -425,6 +432,105 @@ export function sumSquares(ctx: CudaContext, t: FloatKind, x: number, n: number)
   } finally {
     ctx.free(partial);
     ctx.free(total);
+  }
+}
+
+// ---- multi-tensor kernels (multi-tensor.cu) -------------------------------------------
+
+/** One tensor of a multi-tensor launch: its address, element count and the kernel's extra word. */
+export interface MultiTensorEntry {
+  ptr: number;
+  n: number;
+  /** 1 for BF16 and 0 for FP32 (sum of squares, scale); the destination address (cast). */
+  extra: number;
+}
+
+/** Elements per chunk: one block's share of a tensor (a tensor's last chunk may be shorter). */
+export const MULTI_TENSOR_CHUNK = 1 << 16;
+
+/**
+ * The device table of `entries` (4 i64 per tensor: address, count, first chunk, extra; see
+ * multi-tensor.cu), uploaded into a pool allocation the caller frees after its launch; tensors
+ * without elements are left out.
+ */
+function multiTensorTable(ctx: CudaContext, entries: readonly MultiTensorEntry[]): { table: number; tensors: number; chunks: number } {
+  const words = new Uint32Array(8 * entries.length);
+  let tensors = 0, chunks = 0;
+  const put = (slot: number, v: number) => {
+    words[2 * slot] = v >>> 0;
+    words[2 * slot + 1] = Math.floor(v / 4294967296) >>> 0;
+  };
+  for (const e of entries) {
+    if (!Number.isInteger(e.n) || e.n < 0) throw new Error(`multi-tensor table: ${e.n} elements`);
+    if (e.n === 0) continue;
+    put(4 * tensors, e.ptr);
+    put(4 * tensors + 1, e.n);
+    put(4 * tensors + 2, chunks);
+    put(4 * tensors + 3, e.extra);
+    tensors++;
+    chunks += Math.ceil(e.n / MULTI_TENSOR_CHUNK);
+  }
+  if (chunks > 2 ** 31 - 1) throw new Error(`multi-tensor table: ${chunks} chunks (at most 2^31 − 1)`);
+  if (tensors === 0) return { table: 0, tensors, chunks };
+  const table = ctx.alloc(32 * tensors);
+  ctx.copyToDevice(table, words, 32 * tensors);
+  return { table, tensors, chunks };
+}
+
+function multiTensorGrid(ctx: CudaContext, chunks: number): number {
+  return Math.max(1, Math.min(chunks, ctx.smCount * 8));
+}
+
+/** Σ over the tensors of Σ x² (entries' extra: 1 BF16, 0 FP32), FP64 in a fixed order, downloaded. */
+export function sumSquaresMany(ctx: CudaContext, entries: readonly MultiTensorEntry[]): number {
+  const { table, tensors, chunks } = multiTensorTable(ctx, entries);
+  if (chunks === 0) return 0;
+  let partial = 0, total = 0;
+  try {
+    partial = ctx.alloc(8 * chunks);
+    total = ctx.alloc(8);
+    kernel(ctx, 'sum_squares_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK, partial]);
+    kernel(ctx, 'sum_f64').launch(ctx.stream, 1, 1024, 0, [partial, chunks, total]);
+    const out = new Float64Array(1);
+    ctx.copyToHost(out, total);
+    return out[0]!;
+  } finally {
+    ctx.free(table);
+    ctx.free(partial);
+    ctx.free(total);
+  }
+}
+
+/** x *= alpha in place over every tensor (entries' extra: 1 BF16, 0 FP32); the tensors must not overlap. */
+export function scaleMany(ctx: CudaContext, entries: readonly MultiTensorEntry[], alpha: number): void {
+  const { table, tensors, chunks } = multiTensorTable(ctx, entries);
+  if (chunks === 0) return;
+  try {
+    kernel(ctx, 'scale_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK, alpha]);
+  } finally {
+    ctx.free(table);
+  }
+}
+
+/** y += x for every entry: FP32 y at ptr, FP32 x at extra, n elements each; the ys must not overlap. */
+export function addMany(ctx: CudaContext, entries: readonly MultiTensorEntry[]): void {
+  const { table, tensors, chunks } = multiTensorTable(ctx, entries);
+  if (chunks === 0) return;
+  try {
+    kernel(ctx, 'add_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK]);
+  } finally {
+    ctx.free(table);
+  }
+}
+
+/** y = bf16(x) for every entry: FP32 x at ptr, BF16 y at extra, n elements each. */
+export function castF32ToBf16Many(ctx: CudaContext, entries: readonly MultiTensorEntry[]): void {
+  const { table, tensors, chunks } = multiTensorTable(ctx, entries);
+  if (chunks === 0) return;
+  try {
+    kernel(ctx, 'cast_f32_to_bf16_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK]);
+  } finally {
+    ctx.free(table);
   }
 }
 

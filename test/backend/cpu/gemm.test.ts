@@ -8,21 +8,11 @@ import {
   allocShared, gemm, gemmImplementation, gemmReference, gemmThreadStats, setGemmImplementation, setGemmThreads,
   type AnyGemmArgs, type FloatArray,
 } from '../../../src/backend/cpu/gemm/index.js';
+import { seededRandom } from '../../helpers/random.js';
 
 const SEED = (Date.now() ^ (process.pid << 16)) >>> 0;
 
-// mulberry32: small, seedable, good enough for test data.
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const random = rng(SEED);
+const random = seededRandom(SEED).uniform;
 
 type Ctor = Float32ArrayConstructor | Float64ArrayConstructor;
 

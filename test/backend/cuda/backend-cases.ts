@@ -73,6 +73,18 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     assert.equal(t.dtype, 'f32');
     assert.deepEqual(b.download(t), d);
     assert.equal(b.zeros([3]).dtype, 'f32');
+    assert.equal(b.zeros([3], 'state').dtype, 'f32');
+    assert.equal(b.zeros([3], 'activation').dtype, mode, 'activation gradients are in the activation dtype');
+    assert.deepEqual(b.download(b.zeros([5], 'activation')), new Float32Array(5));
+    // freed memory serves the next request of its size
+    const z = b.zeros([777]);
+    const freedAt = z.ptr, hits = b.cachedMemory().hits;
+    b.free(z);
+    const again = b.zeros([777]);
+    assert.equal(again.ptr, freedAt);
+    assert.equal(b.cachedMemory().hits, hits + 1);
+    assert.deepEqual(b.download(again), new Float32Array(777), 'a reused block is zeroed by zeros');
+    b.free(again);
     assert.deepEqual(b.download(b.reshape(b.rows(t, 2, 3), [30])), d.subarray(20, 50));
     const h = b.upload(d, [60], 'bf16');
     assert.equal(h.dtype, 'bf16');
@@ -141,6 +153,15 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     b.scaleInPlace(w.g, 0.5);
     cpu.scaleInPlace(w.c, 0.5);
     compare('linear after scaleInPlace', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
+    // two weights written at once: the first use refreshes both BF16 copies, the second finds its own fresh
+    const w3 = param([40, 96], 0.1);
+    compare('linear, a second weight', b.linear(x.g, w3.g), cpu.linear(x.c, w3.c));
+    b.scaleInPlaceMany([w.g, w3.g], -1.5);
+    cpu.scaleInPlaceMany([w.c, w3.c], -1.5);
+    compare('linear after scaleInPlaceMany', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
+    compare('linear of the other weight after scaleInPlaceMany', b.linear(x.g, w3.g), cpu.linear(x.c, w3.c));
+    b.free(w3.g);
+    compare('linear after freeing the other weight', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
   });
 
   test(name('elementwise, normalisation and column ops'), opts, () => {
@@ -260,6 +281,74 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const wR = data(N * K);
     const wAct = { c: cpu.upload(wR, [N, K]), g: b.upload(wR, [N, K], mode) }, rowsAct = act([N * K, d]);
     compare('moeUnpermute (weights in activation storage)', b.moeUnpermute(rowsAct.g, pg.sourceSlot, wAct.g), cpu.moeUnpermute(rowsAct.c, pc.sourceSlot, wAct.c));
+    assert.equal(pg.capacity, null);
+    // padded: blocks of the largest count rounded up to 8 rows, slot −1 and zero rows after each expert's rows
+    const pad = { blockRows: 8, maxRatio: Infinity };
+    const pp = b.moePermute(x.g, b.uploadInt(ic, [N, K]), E, pad), ppc = cpu.moePermute(x.c, rc.indices, E, pad);
+    const C = Math.ceil(Math.max(...pc.counts) / 8) * 8;
+    assert.equal(pp.capacity, C);
+    assert.equal(ppc.capacity, C);
+    assert.deepEqual(pp.counts, pc.counts);
+    assert.deepEqual([...pp.rows.shape], [E * C, d]);
+    const padSlots = cpu.downloadInt(ppc.sourceSlot);
+    assert.deepEqual(b.downloadInt(pp.sourceSlot), padSlots);
+    assert.equal(padSlots.filter((v) => v < 0).length, E * C - N * K);
+    compare('moePermute rows, padded', pp.rows, ppc.rows, 0);
+    const paddedOut = param([E * C, d]); // padding rows hold values: unpermute must skip them
+    compare('moeUnpermute, padded rows', b.moeUnpermute(paddedOut.g, pp.sourceSlot, wg), cpu.moeUnpermute(paddedOut.c, ppc.sourceSlot, rc.weights));
+    assert.equal(b.moePermute(x.g, b.uploadInt(ic, [N, K]), E, { blockRows: 8, maxRatio: 0.5 }).capacity, null, 'too much padding: packed');
+  });
+
+  test(name('grouped expert Linear layers on padded blocks'), opts, () => {
+    const b = cuda();
+    const E = 5, C = 6, inp = 24, out = 16;
+    const x = act([E * C, inp]), dy = act([E * C, out]);
+    const ws = Array.from({ length: E }, () => param([out, inp], 0.2));
+    const wg = () => ws.map((w) => w.g), wc = () => ws.map((w) => w.c);
+    compare('groupedLinear', b.groupedLinear(x.g, wg()), cpu.groupedLinear(x.c, wc()));
+    compare('groupedLinearBackwardInput', b.groupedLinearBackwardInput(dy.g, wg()), cpu.groupedLinearBackwardInput(dy.c, wc()));
+    const acc = param([E * C, inp]);
+    b.groupedLinearBackwardInput(dy.g, wg(), acc.g, true);
+    cpu.groupedLinearBackwardInput(dy.c, wc(), acc.c, true);
+    compare('groupedLinearBackwardInput added into FP32 storage', acc.g, acc.c);
+    const over = act([E * C, inp]);
+    b.groupedLinearBackwardInput(dy.g, wg(), over.g);
+    cpu.groupedLinearBackwardInput(dy.c, wc(), over.c);
+    compare('groupedLinearBackwardInput written over activation storage', over.g, over.c);
+    const grads = Array.from({ length: E }, () => param([out, inp], 0.1));
+    b.groupedLinearBackwardWeight(x.g, dy.g, grads.map((g) => g.g));
+    cpu.groupedLinearBackwardWeight(x.c, dy.c, grads.map((g) => g.c));
+    grads.forEach((g, e) => compare(`groupedLinearBackwardWeight, expert ${e}`, g.g, g.c));
+    // gradients at a constant distance (row blocks of one tensor): the batched GEMM adds into them directly
+    const slab = param([E * out + 3, inp], 0.1);
+    const inSlab = Array.from({ length: E }, (_, e) => ({ g: b.rows(slab.g, e * out + 1, out), c: cpu.rows(slab.c, e * out + 1, out) }));
+    b.groupedLinearBackwardWeight(x.g, dy.g, inSlab.map((g) => g.g));
+    cpu.groupedLinearBackwardWeight(x.c, dy.c, inSlab.map((g) => g.c));
+    compare('groupedLinearBackwardWeight into evenly spaced gradients', slab.g, slab.c);
+    // gradients in activation storage (BF16 in BF16 mode): a GEMM per expert
+    const gradsAct = Array.from({ length: E }, () => act([out, inp], 0.1));
+    b.groupedLinearBackwardWeight(x.g, dy.g, gradsAct.map((g) => g.g));
+    cpu.groupedLinearBackwardWeight(x.c, dy.c, gradsAct.map((g) => g.c));
+    gradsAct.forEach((g, e) => compare(`groupedLinearBackwardWeight into activation storage, expert ${e}`, g.g, g.c));
+    // the weights change in place: their stacked BF16 copies follow, also when one is used alone
+    b.scaleInPlaceMany(wg(), -0.5);
+    cpu.scaleInPlaceMany(wc(), -0.5);
+    compare('linear of one expert weight after the change', b.linear(x.g, ws[2]!.g), cpu.linear(x.c, ws[2]!.c));
+    compare('groupedLinear after the change', b.groupedLinear(x.g, wg()), cpu.groupedLinear(x.c, wc()));
+    const w3 = data(out * inp, 0.2);
+    b.copyFromHost(ws[3]!.g, w3);
+    cpu.copyFromHost(ws[3]!.c, w3);
+    compare('groupedLinearBackwardInput after one weight changed', b.groupedLinearBackwardInput(dy.g, wg()), cpu.groupedLinearBackwardInput(dy.c, wc()));
+    // the same weights in another order: stacked anew
+    const rev = [...ws].reverse();
+    compare('groupedLinear, experts in another order', b.groupedLinear(x.g, rev.map((w) => w.g)), cpu.groupedLinear(x.c, rev.map((w) => w.c)));
+    compare('groupedLinear, the first order again', b.groupedLinear(x.g, wg()), cpu.groupedLinear(x.c, wc()));
+    b.free(ws[1]!.g);
+    const rest = [ws[0]!, ...ws.slice(2)];
+    const x4 = act([4 * C, inp]);
+    compare('groupedLinear after one weight was freed', b.groupedLinear(x4.g, rest.map((w) => w.g)), cpu.groupedLinear(x4.c, rest.map((w) => w.c)));
+    assert.throws(() => b.groupedLinear(act([E * C + 1, inp]).g, rest.map((w) => w.g)), /do not split/);
+    assert.throws(() => b.groupedLinear(x.g, [ws[0]!.g, param([out + 1, inp]).g]), /weights of shapes/);
   });
 
   test(name('rmsNorm, swiglu, embedding and column backward'), opts, () => {
@@ -344,6 +433,17 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     compare('moeUnpermuteBackward dWeights', ug.dWeights, uc.dWeights);
     const dRows = param([N * K, d]);
     compare('moePermuteBackward', b.moePermuteBackward(dRows.g, slots.g, N), cpu.moePermuteBackward(dRows.c, slots.c, N));
+    // a padded permutation: zero gradient for padding rows, which the permutation's backward skips
+    const ppc = cpu.moePermute(x.c, rc.indices, E, { blockRows: 4, maxRatio: Infinity });
+    const R = ppc.rows.shape[0];
+    assert.ok(ppc.capacity !== null && R > N * K);
+    const padSlots = { c: ppc.sourceSlot, g: b.uploadInt(cpu.downloadInt(ppc.sourceSlot), [R]) };
+    const padOut = param([R, d]);
+    const pug = b.moeUnpermuteBackward(dy.g, padOut.g, padSlots.g, rg.weights), puc = cpu.moeUnpermuteBackward(dy.c, padOut.c, padSlots.c, rc.weights);
+    compare('moeUnpermuteBackward dExpertOut, padded', pug.dExpertOut, puc.dExpertOut);
+    compare('moeUnpermuteBackward dWeights, padded', pug.dWeights, puc.dWeights);
+    const padRows = param([R, d]);
+    compare('moePermuteBackward, padded', b.moePermuteBackward(padRows.g, padSlots.g, N, N * K), cpu.moePermuteBackward(padRows.c, padSlots.c, N, N * K));
 
     const dW = param([N, K]);
     const seq = 16, batch = N / seq;
@@ -383,6 +483,20 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     b.scaleInPlace(small.g, 1.5);
     cpu.scaleInPlace(small.c, 1.5);
     compare('scaleInPlace of activation storage', small.g, small.c, mode === 'f32' ? 1e-6 : tol);
+    // many tensors at once: several chunks (big), both storages, a view, an empty tensor
+    const third = param([7, 3]), empty = { g: b.zeros([0]), c: cpu.zeros([0]) };
+    const many = { g: [big.g, small.g, third.g, b.rows(big.g, 5, 0), empty.g, b.rows(third.g, 0, 1)], c: [big.c, small.c, third.c, cpu.rows(big.c, 5, 0), empty.c, cpu.rows(third.c, 0, 1)] };
+    // the same sum as one sumSquares per tensor (FP64 both: up to the order of additions); against
+    // the CPU, scaleInPlace above rounded alpha to FP32 (and its results to BF16 in BF16 storage)
+    near('sumSquaresMany (mixed storage, views, an empty tensor)', b.sumSquaresMany(many.g), many.g.reduce((s, t) => s + b.sumSquares(t), 0), 1e-12);
+    near('sumSquaresMany against the CPU', b.sumSquaresMany(many.g), cpu.sumSquaresMany(many.c), mode === 'f32' ? 1e-6 : tol);
+    assert.equal(b.sumSquaresMany([]), 0);
+    b.scaleInPlaceMany([big.g, small.g, third.g, empty.g], 0.75);
+    cpu.scaleInPlaceMany([big.c, small.c, third.c, empty.c], 0.75);
+    compare('scaleInPlaceMany (FP32 storage)', big.g, big.c, 1e-6);
+    compare('scaleInPlaceMany (activation storage)', small.g, small.c, mode === 'f32' ? 1e-6 : tol);
+    compare('scaleInPlaceMany (a small tensor)', third.g, third.c, 1e-6);
+    assert.throws(() => b.scaleInPlaceMany([third.g, b.rows(third.g, 2, 3)], 2), /overlap/);
 
     for (const momentsBf16 of [false, true]) {
       const shape = [L ? 1024 : 64, 33];
@@ -413,7 +527,8 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       'releaseAllocations', 'gemm', 'linear', 'add', 'addInPlace', 'rmsNorm', 'swiglu', 'sliceCols', 'concatHeads', 'embedding', 'rope', 'attention',
       'mlaLatentAttention', 'writeCache', 'routerTopK', 'moePermute', 'moeUnpermute', 'rmsNormBackwardInput', 'rmsNormBackwardWeight', 'swigluBackward',
       'embeddingBackward', 'addToCols', 'sumHeads', 'attentionBackward', 'moeUnpermuteBackward', 'moePermuteBackward', 'routerBackward',
-      'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'scaleInPlace', 'adamw'];
+      'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'groupedLinear',
+      'groupedLinearBackwardInput', 'groupedLinearBackwardWeight'];
     for (const op of ops) assert.equal(typeof b[op], 'function', op);
     assert.equal(b.floatDType, mode);
   });

@@ -4,37 +4,18 @@
 // headers are missing. Every kernel of the table must have run once by the end, so a new kernel
 // comes with a case here (kernel files with inline PTX are not emulated).
 
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CudaBackend } from '../../../src/backend/cuda/cuda-backend.js';
-import { registerBackendCases, type Mode } from './backend-cases.js';
-import { emulatedDevice, emulatedKernels } from './emulator/emulator.js';
+import { registerBackendCases } from './backend-cases.js';
+import { emulatedKernels } from './emulator/emulator.js';
+import { emulatedBackends } from './suite-backends.js';
 
-const device = await emulatedDevice();
-const skip = typeof device === 'string' ? `no CUDA emulator: ${device}` : false;
-if (skip) console.log(`# skipping: ${skip}`);
-const backends = new Map<Mode, CudaBackend>();
-after(() => {
-  for (const b of backends.values()) b.dispose();
-});
+const { skip, backend, device } = await emulatedBackends();
 
-registerBackendCases({
-  label: 'emulated',
-  skip,
-  large: false,
-  backend: (mode) => {
-    let b = backends.get(mode);
-    if (!b) {
-      if (typeof device === 'string') throw new Error(device);
-      b = new CudaBackend(device.context(), { dtype: mode, matmul: device.matmul(), flashAttention: false });
-      backends.set(mode, b);
-    }
-    return b;
-  },
-});
+registerBackendCases({ label: 'emulated', skip, large: false, backend });
 
 test('every kernel of the table ran in the suite above', { skip }, () => {
-  if (typeof device === 'string') return;
+  if (!device) return;
   const launched = new Set(device.launches);
   assert.deepEqual(emulatedKernels().filter((k) => !launched.has(k)), []);
 });

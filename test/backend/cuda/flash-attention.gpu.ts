@@ -16,7 +16,10 @@ import { join } from 'node:path';
 import type { CudaContext } from '../../../src/backend/cuda/context.js';
 import type { KernelArgType } from '../../../src/backend/cuda/launch.js';
 import { kernelDir } from '../../../src/backend/cuda/compile.js';
-import { FLASH_KERNELS, flashAttentionForward, flashAttentionBackward, mlaDecode, mlaDecodePlan } from '../../../src/backend/cuda/flash-attention.js';
+import {
+  FLASH_KERNELS, flashAttentionForward, flashAttentionBackward, mlaDecode, mlaDecodePlan, type AttentionShape, type FlashAttentionForwardArgs,
+  type MlaDecodeArgs,
+} from '../../../src/backend/cuda/flash-attention.js';
 import { causalAttention, latentAttention } from '../../../src/backend/cpu/attention.js';
 import { causalAttentionBackward } from '../../../src/backend/cpu/training-ops.js';
 import { openGpu, seededRandom, randomNormal, roundBf16, uploadAs, downloadAs, assertClose, type Rng } from './gpu-helpers.js';
@@ -60,16 +63,8 @@ function check(what: string, got: ArrayLike<number>, want: ArrayLike<number>, ma
 
 const f64 = (x: Float32Array) => Float64Array.from(x);
 
-interface AttnShape {
-  B: number;
-  Tq: number;
-  Tk: number;
-  H: number;
-  Dk: number;
-  Dv: number;
-  qStart: number;
-  kvCapacity?: number;
-}
+/** The sizes of a forward or backward case (each call adds its scale). */
+type AttnShape = Omit<AttentionShape, 'scale'> & Pick<FlashAttentionForwardArgs, 'kvCapacity'>;
 
 const label = (s: AttnShape) =>
   `B=${s.B} Tq=${s.Tq} Tk=${s.Tk} H=${s.H} Dk=${s.Dk} Dv=${s.Dv} qStart=${s.qStart}${s.kvCapacity ? ` capacity=${s.kvCapacity}` : ''}`;
@@ -207,17 +202,7 @@ test('flashAttentionBackward matches the CPU reference (dq, dk, dv)', { skip }, 
   }
 });
 
-interface MlaShape {
-  B: number;
-  Tq: number;
-  H: number;
-  C: number;
-  R: number;
-  S: number;
-  kvLen: number;
-  qStart: number;
-  splits?: number;
-}
+type MlaShape = Pick<MlaDecodeArgs, 'B' | 'Tq' | 'H' | 'C' | 'R' | 'S' | 'kvLen' | 'qStart' | 'splits'>;
 
 const MLA_SHAPES: MlaShape[] = [
   { B: 2, Tq: 1, H: 16, C: 512, R: 64, S: 1000, kvLen: 1000, qStart: 999 },            // DeepSeek-V3 decode, split to fill the GPU

@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { CudaContext } from '../../../src/backend/cuda/context.js';
+import { seededRandom, type TestRandom } from '../../helpers/random.js';
 
 export interface Gpu {
   ctx: CudaContext | undefined;
@@ -23,21 +24,9 @@ export function openGpu(): Gpu {
   }
 }
 
-/** mulberry32, seeded at random; the seed is printed so a failure can be replayed. */
-export function seededRandom(seed = (Math.random() * 2 ** 32) >>> 0) {
-  let state = seed;
-  const uint32 = () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-  const uniform = () => (uint32() + 0.5) / 2 ** 32;
-  const normal = () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
-  return { seed, uint32, uniform, normal, int: (lo: number, hi: number) => lo + (uint32() % (hi - lo + 1)) };
-}
-export type Rng = ReturnType<typeof seededRandom>;
+// Random data seeded at random; the tests print the seed so that a failure can be replayed.
+export { seededRandom };
+export type Rng = TestRandom;
 
 export function randomNormal(rng: Rng, n: number, scale = 1): Float32Array {
   const out = new Float32Array(n);

@@ -4,10 +4,10 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LIBRARIES, loadLibrary, locateLibrary, mappedPath, pythonSitePackages, type LibrarySpec } from '../../../src/backend/cuda/ffi/libraries.js';
+import { withTempDir } from '../../helpers/temp-dir.js';
 
 const fake: LibrarySpec = {
   what: 'the dsv3 test library (libdsv3test)',
@@ -17,15 +17,6 @@ const fake: LibrarySpec = {
   fix: 'nothing to install: this library exists only in tests',
 };
 
-function withTempDir(body: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), 'dsv3-libs-'));
-  try {
-    body(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 /** A real shared library on this machine to stand in for a CUDA one (the C library node runs on). */
 function someLoadableLibrary(): string {
   const libc = mappedPath('libc.so') ?? mappedPath('libc-');
@@ -34,7 +25,7 @@ function someLoadableLibrary(): string {
 }
 
 test('a missing library gives one line naming it, the names, the folders and the fix', () => {
-  withTempDir((dir) => {
+  withTempDir('dsv3-libs-', (dir) => {
     const err = (() => {
       try {
         locateLibrary(fake, { env: { CUDA_HOME: join(dir, 'cuda'), LD_LIBRARY_PATH: join(dir, 'ld') }, extraDirs: [dir], sitePackages: () => [join(dir, 'site')], noSystemSearch: true, noDefaultDirs: true });
@@ -58,18 +49,18 @@ test('a missing library gives one line naming it, the names, the folders and the
 
 test('a library is found by its versioned soname in CUDA_HOME, LD_LIBRARY_PATH or a wheel folder', () => {
   const real = someLoadableLibrary();
-  withTempDir((dir) => {
+  withTempDir('dsv3-libs-', (dir) => {
     mkdirSync(join(dir, 'cuda', 'lib64'), { recursive: true });
     symlinkSync(real, join(dir, 'cuda', 'lib64', 'libdsv3test.so.7'));
     const found = locateLibrary(fake, { env: { CUDA_HOME: join(dir, 'cuda') }, sitePackages: () => [], noSystemSearch: true, noDefaultDirs: true });
     assert.equal(found.path, join(dir, 'cuda', 'lib64', 'libdsv3test.so.7'));
   });
-  withTempDir((dir) => {
+  withTempDir('dsv3-libs-', (dir) => {
     symlinkSync(real, join(dir, 'libdsv3test.so'));
     const found = locateLibrary(fake, { env: { LD_LIBRARY_PATH: `/nonexistent:${dir}` }, sitePackages: () => [], noSystemSearch: true, noDefaultDirs: true });
     assert.equal(found.path, join(dir, 'libdsv3test.so'));
   });
-  withTempDir((dir) => {
+  withTempDir('dsv3-libs-', (dir) => {
     const wheel = join(dir, 'site', 'nvidia', 'dsv3test', 'lib');
     mkdirSync(wheel, { recursive: true });
     symlinkSync(real, join(wheel, 'libdsv3test.so.7'));
@@ -82,7 +73,7 @@ test('a library is found by its versioned soname in CUDA_HOME, LD_LIBRARY_PATH o
 
 test('python is not asked when an earlier folder has the library', () => {
   const real = someLoadableLibrary();
-  withTempDir((dir) => {
+  withTempDir('dsv3-libs-', (dir) => {
     symlinkSync(real, join(dir, 'libdsv3test.so.7'));
     const found = locateLibrary(fake, { env: {}, extraDirs: [dir], sitePackages: () => assert.fail('site-packages asked for'), noSystemSearch: true, noDefaultDirs: true });
     assert.equal(found.path, join(dir, 'libdsv3test.so.7'));
@@ -91,7 +82,7 @@ test('python is not asked when an earlier folder has the library', () => {
 
 test('stub folders are skipped and unloadable files are reported', () => {
   const real = someLoadableLibrary();
-  withTempDir((dir) => {
+  withTempDir('dsv3-libs-', (dir) => {
     mkdirSync(join(dir, 'stubs'));
     symlinkSync(real, join(dir, 'stubs', 'libdsv3test.so.7'));
     writeFileSync(join(dir, 'libdsv3test.so'), 'not an ELF file');

@@ -6,23 +6,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import type { Backend } from '../../../src/backend/backend.js';
 import { CpuBackend } from '../../../src/backend/cpu/cpu-backend.js';
 import type { CudaBackend } from '../../../src/backend/cuda/cuda-backend.js';
 import { generate } from '../../../src/infer/generate.js';
 import { SafetensorsFile } from '../../../src/io/safetensors.js';
-import { loadTokenizer } from '../../../src/io/tokenizer.js';
-import { parseConfig } from '../../../src/model/config.js';
 import { loadPretrained } from '../../../src/model/load.js';
-import { DeepseekV3 } from '../../../src/model/model.js';
-import { ParameterSet } from '../../../src/model/parameters.js';
-import { RandomParameters } from '../../../src/model/random-parameters.js';
-import { BatchSampler } from '../../../src/train/data/batches.js';
-import { MemoryTokenStore, tokenizeDocuments } from '../../../src/train/data/token-store.js';
-import { Trainer, type TrainerOptions } from '../../../src/train/trainer.js';
 import type { Tensor } from '../../../src/tensor/tensor.js';
-import { Random } from '../../../src/util/random.js';
-import { bpeTokenizerDir, tinyModelDir } from '../../shared-paths.js';
+import { microTrainer } from '../../helpers/micro-trainer.js';
+import { tinyModelDir } from '../../shared-paths.js';
 import type { Mode } from './backend-cases.js';
 
 export interface ModelCaseOptions {
@@ -55,34 +46,6 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
-}
-
-/** The micro training setup of test/train/convergence.test.ts on backend `b`. */
-export function microTrainer(b: Backend, seed: number, steps: number, overrides: Partial<TrainerOptions> = {}): Trainer {
-  const tokenizer = loadTokenizer(bpeTokenizerDir);
-  const rng = new Random(7);
-  const subjects = ['the model', 'an expert', 'the router', 'a token', 'the cache', 'every layer'];
-  const verbs = ['routes', 'stores', 'predicts', 'compresses', 'balances', 'attends to'];
-  const objects = ['the latent vector', 'two tokens', 'a shared expert', 'the next word', 'its keys', 'the bias'];
-  const sentences = Array.from({ length: 3000 }, () => `${subjects[rng.int(6)]} ${verbs[rng.int(6)]} ${objects[rng.int(6)]}.`);
-  const config = parseConfig({
-    model_type: 'deepseek_v3', vocab_size: tokenizer.vocabSize, hidden_size: 48, intermediate_size: 96, moe_intermediate_size: 24,
-    num_hidden_layers: 2, first_k_dense_replace: 1, num_attention_heads: 2, q_lora_rank: 32, kv_lora_rank: 24,
-    qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16, n_routed_experts: 8, n_shared_experts: 1, num_experts_per_tok: 2,
-    n_group: 4, topk_group: 2, num_nextn_predict_layers: 1, max_position_embeddings: 128,
-  });
-  const model = new DeepseekV3(b, config, new ParameterSet(new RandomParameters(b, { seed })), true);
-  const { tokens } = tokenizeDocuments([sentences.join(' ')], tokenizer);
-  const seq = 32;
-  const sampler = new BatchSampler(new MemoryTokenStore(tokens), { windowLength: seq + 2, stride: seq, seed });
-  const opts: TrainerOptions = {
-    steps, batchSize: 4, seqLen: seq, gradAccum: 1,
-    schedule: { kind: 'cosine', peakLr: 1e-2, minLr: 1e-3, warmupSteps: 5, totalSteps: steps, decayFraction: 0.2 },
-    adamw: { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 1, momentsDtype: 'f32' },
-    mtpWeight: 0.3, balanceAlpha: 1e-4, biasUpdateSpeed: 1e-3, recompute: { norms: false, upProjections: false },
-    evalBatches: 4, keepCheckpoints: 1, ...overrides,
-  };
-  return new Trainer(model, sampler, opts);
 }
 
 interface StepRecord {

@@ -4,12 +4,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readdirSync } from 'node:fs';
 import { loadLibrary } from '../../../src/backend/cuda/ffi/libraries.js';
 import { nvrtcVersion } from '../../../src/backend/cuda/ffi/nvrtc.js';
 import { clearKernelMemoryCache, compileKernelFile, compileSource, kernelSourceFiles } from '../../../src/backend/cuda/compile.js';
+import { withTempDir } from '../../helpers/temp-dir.js';
 
 let skip: string | false = false;
 try {
@@ -20,15 +19,16 @@ try {
 
 const ELF_MAGIC = [0x7f, 0x45, 0x4c, 0x46];
 
+/** `body` with an empty kernel cache folder and no CUBIN in memory (before or after). */
 function withCacheDir(body: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), 'dsv3-kernel-cache-'));
-  try {
+  withTempDir('dsv3-kernel-cache-', (dir) => {
     clearKernelMemoryCache();
-    body(dir);
-  } finally {
-    clearKernelMemoryCache();
-    rmSync(dir, { recursive: true, force: true });
-  }
+    try {
+      body(dir);
+    } finally {
+      clearKernelMemoryCache();
+    }
+  });
 }
 
 test('NVRTC compiles every kernel file for sm_90a', { skip }, () => {

@@ -1,7 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Random } from "../../../src/util/random.js";
 import {
@@ -13,6 +12,7 @@ import {
   readDocuments,
   readLines,
 } from "../../../src/train/data/documents.js";
+import { withTempDir } from "../../helpers/temp-dir.js";
 
 const seed = Math.floor(Math.random() * 2 ** 32);
 const random = new Random(seed);
@@ -33,17 +33,8 @@ function randomDocument(): string {
   return lines.join("\n");
 }
 
-function withDir(fn: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-documents-"));
-  try {
-    fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 test(".txt: documents are separated by blank lines; CRLF, BOM and whitespace-only lines handled", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const docs = Array.from({ length: 50 }, randomDocument);
     const file = join(dir, "corpus.txt");
     // separators of one or more blank lines, some holding spaces; CRLF line ends; a BOM; leading and trailing blank lines
@@ -58,7 +49,7 @@ test(".txt: documents are separated by blank lines; CRLF, BOM and whitespace-onl
 });
 
 test(".txt: a file without a final newline and without blank lines is one document", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const file = join(dir, "one.TXT");
     writeFileSync(file, "first line\nsecond line");
     assert.deepEqual([...readDocuments(file)], ["first line\nsecond line"]);
@@ -66,7 +57,7 @@ test(".txt: a file without a final newline and without blank lines is one docume
 });
 
 test("readLines streams a file larger than its 1 MiB buffer, multi-byte characters split across chunks", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const lines: string[] = [];
     let bytes = 0;
     while (bytes < 3.5 * 2 ** 20) {
@@ -86,7 +77,7 @@ test("readLines streams a file larger than its 1 MiB buffer, multi-byte characte
 });
 
 test(".jsonl: the text field of each line; blank lines and empty texts skipped; other fields ignored", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const docs = Array.from({ length: 40 }, randomDocument);
     const file = join(dir, "corpus.jsonl");
     const lines = docs.map((text, i) => JSON.stringify(i % 3 === 0 ? { id: i, text, meta: { source: "x" } } : { text }));
@@ -97,7 +88,7 @@ test(".jsonl: the text field of each line; blank lines and empty texts skipped; 
 });
 
 test(".jsonl: a bad line is an error naming the file and the line number", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const file = join(dir, "bad.jsonl");
     const good = Array.from({ length: 6 }, () => JSON.stringify({ text: randomDocument() }));
     const cases: [string, RegExp][] = [
@@ -122,7 +113,7 @@ test(".jsonl: a bad line is an error naming the file and the line number", () =>
 });
 
 test("missing file, empty file and unknown extension are errors naming the file", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const missing = join(dir, "missing.txt");
     assert.throws(() => readDocuments(missing), (err: Error) => err.message.includes("not found") && err.message.includes(missing));
     for (const [name, content] of [
@@ -146,7 +137,7 @@ test("missing file, empty file and unknown extension are errors naming the file"
 });
 
 test("corpusDocuments reads several files in order", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-documents-", (dir) => {
     const a = Array.from({ length: 5 }, randomDocument);
     const b = Array.from({ length: 7 }, randomDocument);
     writeFileSync(join(dir, "a.txt"), a.join("\n\n"));

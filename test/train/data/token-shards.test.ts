@@ -1,12 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { constants as bufferConstants } from "node:buffer";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Random } from "../../../src/util/random.js";
 import { TokenShard, tokenShardWidth, writeTokenShard } from "../../../src/train/data/token-shards.js";
 import { ConcatTokenStore, type TokenStore } from "../../../src/train/data/token-store.js";
+import { withTempDir } from "../../helpers/temp-dir.js";
 
 const seed = Math.floor(Math.random() * 2 ** 32);
 const random = new Random(seed);
@@ -18,15 +18,6 @@ function randomTokens(n: number, below: number): Int32Array {
   return out;
 }
 
-function withDir(fn: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-shards-"));
-  try {
-    fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 test("the width comes from the name: .u32.bin is uint32, .u16.bin and plain .bin are uint16", () => {
   assert.equal(tokenShardWidth("a/b.u32.bin"), "uint32");
   assert.equal(tokenShardWidth("a/b.U32.BIN"), "uint32");
@@ -36,7 +27,7 @@ test("the width comes from the name: .u32.bin is uint32, .u16.bin and plain .bin
 });
 
 test("round trip, both widths, raw little-endian bytes, any range", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-shards-", (dir) => {
     for (const [name, below, bytes] of [
       ["s.u16.bin", 65536, 2],
       ["s.bin", 65536, 2],
@@ -72,7 +63,7 @@ test("round trip, both widths, raw little-endian bytes, any range", () => {
 });
 
 test("writing: out-of-range tokens and a width the name contradicts are errors, and leave no file", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-shards-", (dir) => {
     assert.throws(() => writeTokenShard(join(dir, "a.u16.bin"), [1, 2, 65536]), /token 2 is 65536/);
     assert.throws(() => writeTokenShard(join(dir, "b.u32.bin"), [1, -1]), /token 1 is -1/);
     assert.throws(() => writeTokenShard(join(dir, "c.bin"), [1, 2.5]), /token 1 is 2.5/);
@@ -83,7 +74,7 @@ test("writing: out-of-range tokens and a width the name contradicts are errors, 
 });
 
 test("writing replaces an existing shard atomically", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-shards-", (dir) => {
     const path = join(dir, "x.u32.bin");
     writeTokenShard(path, randomTokens(100, 1000));
     const shard = TokenShard.open(path); // an open reader keeps the old file
@@ -97,7 +88,7 @@ test("writing replaces an existing shard atomically", () => {
 });
 
 test("a size that is not a multiple of the width, a missing shard and a directory are clear errors", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-shards-", (dir) => {
     const odd16 = join(dir, "odd.bin");
     writeFileSync(odd16, Buffer.alloc(7));
     assert.throws(() => TokenShard.open(odd16), (err: Error) => err.message.includes(odd16) && /7 bytes, not a multiple of 2/.test(err.message));
@@ -113,7 +104,7 @@ test("a size that is not a multiple of the width, a missing shard and a director
 });
 
 test("a shard far larger than a Buffer can hold is opened and read by offset", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-shards-", (dir) => {
     // A sparse file of 6 GiB: reading it whole is impossible (a Buffer holds at most 4 GiB),
     // so correct reads prove that only the requested bytes are read.
     const path = join(dir, "huge.u16.bin");
@@ -155,7 +146,7 @@ class Recording implements TokenStore {
 }
 
 test("shards concatenate: reads spanning shard boundaries, each shard read only where asked", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-shards-", (dir) => {
     const lengths = [1, 500, 3, 2000, 64, 999];
     const all: Int32Array[] = [];
     const shards = lengths.map((n, i) => {

@@ -1,7 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Random } from "../../../src/util/random.js";
 import { loadTokenizer } from "../../../src/io/tokenizer.js";
@@ -9,6 +8,7 @@ import { defaultCorpusDocuments } from "../../../src/train/data/documents.js";
 import { writeTokenShard } from "../../../src/train/data/token-shards.js";
 import { MemoryTokenStore, openTokenStore, tokenizeDocuments } from "../../../src/train/data/token-store.js";
 import { bpeTokenizerDir } from "../../shared-paths.js";
+import { withTempDir } from "../../helpers/temp-dir.js";
 
 const seed = Math.floor(Math.random() * 2 ** 32);
 const random = new Random(seed);
@@ -28,15 +28,6 @@ function randomTokens(n: number, below: number): number[] {
 }
 const encode = (text: string): number[] => tokenizer.encode(text, { addSpecialTokens: false });
 
-function withDir(fn: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-store-"));
-  try {
-    fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 test("tokenizeDocuments joins documents with EOS between them", () => {
   const docs = Array.from({ length: 5 }, randomDocument);
   const result = tokenizeDocuments(docs, tokenizer);
@@ -47,7 +38,7 @@ test("tokenizeDocuments joins documents with EOS between them", () => {
 });
 
 test("openTokenStore mixes text, JSONL and shards in order, EOS after every text document but the last", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-store-", (dir) => {
     const txtDocs = Array.from({ length: 4 }, randomDocument);
     const jsonlDocs = Array.from({ length: 3 }, randomDocument);
     const moreDocs = Array.from({ length: 2 }, randomDocument);
@@ -82,7 +73,7 @@ test("openTokenStore mixes text, JSONL and shards in order, EOS after every text
 });
 
 test("shards need no tokenizer; text does, and says so naming the file", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-store-", (dir) => {
     const tokens = randomTokens(1000, 65536);
     const a = join(dir, "a.bin");
     const b = join(dir, "b.u16.bin");
@@ -100,7 +91,7 @@ test("shards need no tokenizer; text does, and says so naming the file", () => {
 });
 
 test("every path is checked before anything is tokenized", () => {
-  withDir((dir) => {
+  withTempDir("dsv3-store-", (dir) => {
     const txt = join(dir, "t.txt");
     writeFileSync(txt, "some text\n");
     const empty = join(dir, "empty.bin");

@@ -1,12 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Random } from "../../../src/util/random.js";
 import { loadTokenizer } from "../../../src/io/tokenizer.js";
 import { UsageError } from "../../../src/cli/args.js";
 import { tokenizerCommand } from "../../../src/cli/tokenizer.js";
+import { withTempDir } from "../../helpers/temp-dir.js";
 
 const seed = Math.floor(Math.random() * 2 ** 32);
 const random = new Random(seed);
@@ -24,8 +24,7 @@ function randomDocument(): string {
 }
 
 test("dsv3 tokenizer train writes a tokenizer.json that loads back and round-trips the data", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-tokcmd-"));
-  try {
+  await withTempDir("dsv3-tokcmd-", async (dir) => {
     const docs = Array.from({ length: 300 }, randomDocument);
     const txt = join(dir, "a.txt");
     const jsonl = join(dir, "b.jsonl");
@@ -49,16 +48,13 @@ test("dsv3 tokenizer train writes a tokenizer.json that loads back and round-tri
       assert.ok(ids.length < doc.length, `merges shorten the text ${note}`);
       assert.equal(tokenizer.decode(ids), doc, note);
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("dsv3 tokenizer: the verb, the flags and the data paths are checked before training", async (t) => {
   const printed: string[] = [];
   t.mock.method(console, "log", (line: string) => void printed.push(line));
-  const dir = mkdtempSync(join(tmpdir(), "dsv3-tokcmd-"));
-  try {
+  await withTempDir("dsv3-tokcmd-", async (dir) => {
     const out = join(dir, "tokenizer.json");
     const ok = { "vocab-size": "300", out };
     await assert.rejects(tokenizerCommand.run(ok, []), (e: Error) => e instanceof UsageError && /tokenizer train/.test(e.message));
@@ -72,7 +68,5 @@ test("dsv3 tokenizer: the verb, the flags and the data paths are checked before 
     assert.ok(!existsSync(out));
     assert.deepEqual(printed, [], "nothing announced before the checks pass");
     assert.deepEqual(tokenizerCommand.subcommands, ["train"]);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

@@ -27,7 +27,7 @@
 // of 16 (≤ 256); the padding columns are zero-filled on load and never stored. The host compiles one
 // module per padded pair (flash-attention.ts passes -DFA_DK=… -DFA_DV=…). Dk, Dv must be multiples
 // of 8 and the tensors 16-byte aligned (16-byte cp.async chunks).
-#include "common.cuh"
+#include "flash-common.cuh"
 
 #ifndef FA_DK
 #define FA_DK 192
@@ -39,65 +39,7 @@
 static_assert(FA_DK % 16 == 0 && FA_DK >= 16 && FA_DK <= 256, "FA_DK: a multiple of 16 in [16, 256]");
 static_assert(FA_DV % 16 == 0 && FA_DV >= 16 && FA_DV <= 256, "FA_DV: a multiple of 16 in [16, 256]");
 
-typedef unsigned u32;
-
-#define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
-
-// ---- PTX helpers (shared-memory addresses are 32-bit .shared addresses) ----------------------
-
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-  u32 a;
-  asm("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}\n" : "=r"(a) : "l"(p));
-  return a;
-}
-
-/** 16 bytes global → shared, asynchronously; `valid` false zero-fills the 16 bytes without reading. */
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-
-/** d += a·b for one m16n8k16 tile: a 16×16 BF16 (row), b 16×8 BF16 (col), d 16×8 FP32. */
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/** Two floats as a BF16 pair: `lo` in the low half (the lower column / k index). */
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<u32*>(&v);
-}
-
-/**
- * Stage ROWS rows of D (padded) columns into shared memory (row stride SROW elements) from global
- * rows of stride `ld` elements: 16-byte chunks, those of rows ≥ rowsValid or columns ≥ dValid
- * zero-filled. THREADS threads stride over the chunks.
- */
-template <int D, int SROW, int ROWS, int THREADS>
-__device__ __forceinline__ void load_rows(u32 sAddr, const bf16* src, i64 ld, int rowsValid, int dValid, int tid) {
-  constexpr int CH = D / 8;
-#pragma unroll 4
-  for (int idx = tid; idx < ROWS * CH; idx += THREADS) {
-    const int r = idx / CH, c = idx - r * CH;
-    const bool ok = r < rowsValid && c * 8 < dValid;
-    const bf16* g = ok ? src + r * ld + c * 8 : src;
-    cp_async16(sAddr + (u32)((r * SROW + c * 8) * 2), g, ok);
-  }
-}
 
 // ---- the forward kernel -------------------------------------------------------------------------
 
@@ -222,8 +164,7 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
       float mx = mr[r];
 #pragma unroll
       for (int nt = 0; nt < BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+      mx = quad_max(mx);
       const float mUse = mx == NEG_INF ? 0.0f : mx;
       const float alpha = exp2f(mr[r] - mUse);
       mr[r] = mx;
@@ -266,9 +207,7 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
   // Normalise and store; lse = ln Σ exp(scale·s) = ln2 · (m + log2 l).
 #pragma unroll
   for (int r = 0; r < 2; r++) {
-    float l = lr[r];
-    l += __shfl_xor_sync(FULL_MASK, l, 1);
-    l += __shfl_xor_sync(FULL_MASK, l, 2);
+    const float l = quad_sum(lr[r]);
     const int qi = qi0 + r * 8;
     if (qi >= Tq) continue;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;

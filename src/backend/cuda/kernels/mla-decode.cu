@@ -22,7 +22,7 @@
 //
 // Compile-time sizes: MLA_C (multiple of 16), MLA_R (multiple of 8), MLA_MT ∈ {1, 2} (m16 row tiles per
 // block); the host compiles one module per (C, R, MT) (flash-attention.ts passes the -D options).
-#include "common.cuh"
+#include "flash-common.cuh"
 
 #ifndef MLA_C
 #define MLA_C 512
@@ -38,49 +38,9 @@ static_assert(MLA_C % 16 == 0 && MLA_C >= 16, "MLA_C: a multiple of 16");
 static_assert(MLA_R % 8 == 0 && MLA_R >= 0, "MLA_R: a multiple of 8");
 static_assert(MLA_MT >= 1 && MLA_MT <= 2, "MLA_MT: 1 or 2");
 
-typedef unsigned u32;
-
-#define LOG2E_F 1.4426950408889634f
-
-// ---- PTX helpers (shared-memory addresses are 32-bit .shared addresses) ----------------------
-
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-  u32 a;
-  asm("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}\n" : "=r"(a) : "l"(p));
-  return a;
-}
-
-/** 16 bytes global → shared, asynchronously; `valid` false zero-fills the 16 bytes without reading. */
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
+/** Two 8×8 matrices (ldmatrix .x2), the b0, b1 of one m16n8k16 B fragment. */
 __device__ __forceinline__ void ldsm_x2(u32 (&r)[2], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
-}
-__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-
-/** d += a·b for one m16n8k16 tile: a 16×16 BF16 (row), b 16×8 BF16 (col), d 16×8 FP32. */
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/** Two floats as a BF16 pair: `lo` in the low half (the lower column / k index). */
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<u32*>(&v);
 }
 
 namespace mla {
@@ -216,9 +176,7 @@ extern "C" __global__ void mla_decode(const bf16* qLat, const bf16* qPe, const b
           const bool ok = j < kEnd && j <= lastKey[mt][hh];
           s[mt][2 * hh + e] = ok ? s[mt][2 * hh + e] * sl2 : NEG_INF;
         }
-        float mx = fmaxf(s[mt][2 * hh], s[mt][2 * hh + 1]);
-        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+        const float mx = quad_max(fmaxf(s[mt][2 * hh], s[mt][2 * hh + 1]));
         if (tig == 0) pMax[w * MR + mt * 16 + g + hh * 8] = mx;
       }
     }
@@ -277,9 +235,7 @@ extern "C" __global__ void mla_decode(const bf16* qLat, const bf16* qPe, const b
   for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
-      float l = lr[mt][hh];
-      l += __shfl_xor_sync(FULL_MASK, l, 1);
-      l += __shfl_xor_sync(FULL_MASK, l, 2);
+      const float l = quad_sum(lr[mt][hh]);
       if (tig == 0) pSum[w * MR + mt * 16 + g + hh * 8] = l;
     }
   }

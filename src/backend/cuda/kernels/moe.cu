@@ -3,10 +3,12 @@
 // expert, like the CPU backend), in three launches:
 //   moe_count   counts[e]                        (one block per expert)
 //   moe_scatter sourceSlot[row] = slot  (one block per expert, walking the slots in order and
-//               ranking matches with a ballot + block scan)
-//   moe_gather  rows[row] = x[sourceSlot[row] / K]
-// Unpermute inverts sourceSlot (moe_invert) and sums each token's K expert rows weighted
-// (moe_combine, FP32 accumulation).
+//               ranking matches with a ballot + block scan); expert e's rows start after expert
+//               e−1's (packed), or at e·capacity when capacity > 0 (padded: the rows past an
+//               expert's count keep sourceSlot −1, which the host writes first)
+//   moe_gather  rows[row] = x[sourceSlot[row] / K], zero for a row without a slot
+// Unpermute inverts sourceSlot (moe_invert, rows without a slot skipped) and sums each token's K
+// expert rows weighted (moe_combine, FP32 accumulation).
 #include "common.cuh"
 
 extern "C" __global__ void moe_count(const int* __restrict__ indices, int nk, int* __restrict__ counts) {
@@ -18,7 +20,7 @@ extern "C" __global__ void moe_count(const int* __restrict__ indices, int nk, in
 }
 
 /** blockDim.x must be a multiple of 32. */
-extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, const int* __restrict__ counts, int* __restrict__ sourceSlot) {
+extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, const int* __restrict__ counts, int capacity, int* __restrict__ sourceSlot) {
   __shared__ int warpCounts[32];
   __shared__ int base;
   const int e = blockIdx.x;
@@ -26,7 +28,7 @@ extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, 
   int before = 0;
   for (int j = threadIdx.x; j < e; j += blockDim.x) before += counts[j];
   before = block_sum_int(before);
-  if (threadIdx.x == 0) base = before;
+  if (threadIdx.x == 0) base = capacity > 0 ? e * capacity : before;
   __syncthreads();
   for (int t0 = 0; t0 < nk; t0 += blockDim.x) {
     const int s = t0 + threadIdx.x;
@@ -50,15 +52,26 @@ extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, 
 }
 
 template <typename T>
-__device__ __forceinline__ void moe_gather_impl(const T* __restrict__ x, const int* __restrict__ sourceSlot, T* __restrict__ rows, int nk, int K, int d) {
-  for (int r = blockIdx.x; r < nk; r += gridDim.x) block_copy_row(x + (i64)(sourceSlot[r] / K) * d, rows + (i64)r * d, d);
+__device__ __forceinline__ void moe_gather_impl(const T* __restrict__ x, const int* __restrict__ sourceSlot, T* __restrict__ rows, int nRows, int K, int d) {
+  for (int r = blockIdx.x; r < nRows; r += gridDim.x) {
+    const int slot = sourceSlot[r];
+    if (slot >= 0) {
+      block_copy_row(x + (i64)(slot / K) * d, rows + (i64)r * d, d);
+    } else {
+      T* row = rows + (i64)r * d;
+      for (int c = threadIdx.x; c < d; c += blockDim.x) row[c] = from_float<T>(0.0f);
+    }
+  }
 }
 
-extern "C" __global__ void moe_gather_bf16(const bf16* x, const int* sourceSlot, bf16* rows, int nk, int K, int d) { moe_gather_impl(x, sourceSlot, rows, nk, K, d); }
-extern "C" __global__ void moe_gather_f32(const float* x, const int* sourceSlot, float* rows, int nk, int K, int d) { moe_gather_impl(x, sourceSlot, rows, nk, K, d); }
+extern "C" __global__ void moe_gather_bf16(const bf16* x, const int* sourceSlot, bf16* rows, int nRows, int K, int d) { moe_gather_impl(x, sourceSlot, rows, nRows, K, d); }
+extern "C" __global__ void moe_gather_f32(const float* x, const int* sourceSlot, float* rows, int nRows, int K, int d) { moe_gather_impl(x, sourceSlot, rows, nRows, K, d); }
 
-extern "C" __global__ void moe_invert(const int* __restrict__ sourceSlot, int nk, int* __restrict__ rowOfSlot) {
-  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < nk; r += gridDim.x * blockDim.x) rowOfSlot[sourceSlot[r]] = r;
+extern "C" __global__ void moe_invert(const int* __restrict__ sourceSlot, int nRows, int* __restrict__ rowOfSlot) {
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < nRows; r += gridDim.x * blockDim.x) {
+    const int slot = sourceSlot[r];
+    if (slot >= 0) rowOfSlot[slot] = r;
+  }
 }
 
 /** y[n] = Σ_k weights[n, k] · expertOut[rowOfSlot[n·K + k]]; K ≤ 64 (checked by the host). */

@@ -8,7 +8,7 @@
 
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -32,16 +32,30 @@ function cudaIncludeDir(): string | undefined {
   return roots.map((r) => join(r, 'include')).find((d) => existsSync(join(d, 'cuda_bf16.h')));
 }
 
-/** Whether a kernel file is plain CUDA C++ (inline PTX has no host meaning). */
-function emulatable(source: string): boolean {
-  return !/\basm\s*(volatile\s*)?\(/.test(source);
+/** The headers of the kernel folder (what NVRTC finds through its include path, compile.ts). */
+function kernelHeaders(dir: string): string[] {
+  return readdirSync(dir).filter((f) => f.endsWith('.cuh') || f.endsWith('.h')).sort();
+}
+
+/**
+ * Whether a kernel file is plain CUDA C++, counting the kernel-folder headers it includes (inline
+ * PTX has no host meaning).
+ */
+function emulatable(dir: string, file: string, seen = new Set<string>()): boolean {
+  seen.add(file);
+  const source = readFileSync(join(dir, file), 'utf8');
+  if (/\basm\s*(volatile\s*)?\(/.test(source)) return false;
+  for (const [, header] of source.matchAll(/^\s*#\s*include\s+"([^"]+)"/gm)) {
+    if (!seen.has(header) && existsSync(join(dir, header)) && !emulatable(dir, header, seen)) return false;
+  }
+  return true;
 }
 
 /** The emulatable kernel files of the table and the kernels of each. */
 function kernelFiles(): Map<string, string[]> {
   const byFile = new Map<string, string[]>();
   for (const [name, spec] of Object.entries(KERNELS)) byFile.set(spec.file, [...(byFile.get(spec.file) ?? []), name]);
-  for (const file of [...byFile.keys()]) if (!emulatable(readFileSync(join(kernelDir(), file), 'utf8'))) byFile.delete(file);
+  for (const file of [...byFile.keys()]) if (!emulatable(kernelDir(), file)) byFile.delete(file);
   return byFile;
 }
 
@@ -93,7 +107,7 @@ async function buildLibrary(): Promise<{ path: string } | { skip: string }> {
   }
   const kernels = kernelDir();
   const files = kernelFiles();
-  const headers = ['common.cuh'];
+  const headers = kernelHeaders(kernels);
   const hash = createHash('sha256');
   for (const f of ['cuda-shim.h', 'runtime.cpp']) hash.update(readFileSync(join(sourceDir, f)));
   for (const f of [...headers, ...files.keys()].sort()) hash.update(f).update(readFileSync(join(kernels, f)));

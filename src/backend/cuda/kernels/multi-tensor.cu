@@ -1,0 +1,105 @@
+// Multi-tensor kernels: one launch over a list of tensors (all of a model's gradients or weights)
+// instead of one per tensor. The list is a table of 4 i64 per tensor,
+//   [address, element count, first chunk, extra]
+// and the tensors are cut into chunks of `chunkElems` elements (a tensor's last chunk may be
+// shorter), numbered in table order: tensor t owns chunks [first_t, first_{t+1}). Blocks stride
+// over the chunks; each finds its tensor by binary search on the first chunks.
+//   sum_squares_many       partial[c] = Σ x² over chunk c (FP64); extra = 1 for BF16, 0 for FP32.
+//                          The partials depend only on the table, not on the grid: the same
+//                          inputs give the same bits every run (sum_f64 in reduce.cu adds them).
+//   scale_many             x *= alpha over every chunk (like scale_{bf16,f32}); extra as above.
+//   cast_f32_to_bf16_many  y = bf16(x) (like cast_f32_to_bf16); extra = the address of y.
+//   add_many               y += x in FP32, y at the address, x (FP32) at extra.
+// blockDim.x is a multiple of 32 (at most 1024).
+#include "common.cuh"
+
+struct Chunk {
+  i64 address;
+  i64 start;
+  i64 count;
+  i64 extra;
+};
+
+/** Chunk c of the table: its tensor's address and extra word, and the element range it covers. */
+__device__ __forceinline__ Chunk find_chunk(const i64* __restrict__ table, int tensors, int c, i64 chunkElems) {
+  int lo = 0, hi = tensors - 1;
+  while (lo < hi) {  // the last tensor whose first chunk is ≤ c
+    const int mid = (lo + hi + 1) >> 1;
+    if (table[4 * mid + 2] <= c) lo = mid;
+    else hi = mid - 1;
+  }
+  const i64* e = table + 4 * lo;
+  const i64 start = (c - e[2]) * chunkElems;
+  const i64 left = e[1] - start;
+  return {e[0], start, left < chunkElems ? left : chunkElems, e[3]};
+}
+
+__device__ __forceinline__ double warp_sum_f64_mt(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+
+/** Sum over the block in FP64; every thread gets the total. */
+__device__ __forceinline__ double block_sum_f64_mt(double v) {
+  __shared__ double partialMt[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_sum_f64_mt(v);
+  __syncthreads();  // an earlier call may still be reading partialMt
+  if (lane == 0) partialMt[warp] = v;
+  __syncthreads();
+  return warp_sum_f64_mt(lane < warps ? partialMt[lane] : 0.0);
+}
+
+extern "C" __global__ void sum_squares_many(const i64* table, int tensors, int chunks, i64 chunkElems, double* partial) {
+  for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const Chunk k = find_chunk(table, tensors, c, chunkElems);
+    double s = 0.0;
+    if (k.extra) {
+      const bf16* x = reinterpret_cast<const bf16*>(k.address) + k.start;
+      for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) {
+        const double v = (double)to_float(x[i]);
+        s += v * v;
+      }
+    } else {
+      const float* x = reinterpret_cast<const float*>(k.address) + k.start;
+      for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) {
+        const double v = (double)x[i];
+        s += v * v;
+      }
+    }
+    s = block_sum_f64_mt(s);
+    if (threadIdx.x == 0) partial[c] = s;
+  }
+}
+
+extern "C" __global__ void scale_many(const i64* table, int tensors, int chunks, i64 chunkElems, float alpha) {
+  for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const Chunk k = find_chunk(table, tensors, c, chunkElems);
+    if (k.extra) {
+      bf16* x = reinterpret_cast<bf16*>(k.address) + k.start;
+      for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) x[i] = from_float<bf16>(to_float(x[i]) * alpha);
+    } else {
+      float* x = reinterpret_cast<float*>(k.address) + k.start;
+      for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) x[i] = x[i] * alpha;
+    }
+  }
+}
+
+extern "C" __global__ void cast_f32_to_bf16_many(const i64* table, int tensors, int chunks, i64 chunkElems) {
+  for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const Chunk k = find_chunk(table, tensors, c, chunkElems);
+    const float* x = reinterpret_cast<const float*>(k.address) + k.start;
+    bf16* y = reinterpret_cast<bf16*>(k.extra) + k.start;
+    for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) y[i] = from_float<bf16>(x[i]);
+  }
+}
+
+extern "C" __global__ void add_many(const i64* table, int tensors, int chunks, i64 chunkElems) {
+  for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const Chunk k = find_chunk(table, tensors, c, chunkElems);
+    float* y = reinterpret_cast<float*>(k.address) + k.start;
+    const float* x = reinterpret_cast<const float*>(k.extra) + k.start;
+    for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) y[i] = y[i] + x[i];
+  }
+}
