@@ -267,6 +267,13 @@ export interface Backend {
    * (`momentsBf16`): rounded to BF16 after each update. Weight decay is decoupled: p -= lr·wd·p.
    */
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void;
+  /**
+   * `adamw` on every (params[i], grads[i], ms[i], vs[i]) with weight decay weightDecays[i] — the
+   * same results, bit for bit — in one pass over all of them (one launch on the GPU instead of one
+   * per tensor). The params and moments must not overlap one another.
+   */
+  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
+    weightDecays: readonly number[]): void;
 }
 
 export interface AdamWHyper {
@@ -278,4 +285,17 @@ export interface AdamWHyper {
   /** 1-based step number, for bias correction. */
   step: number;
   momentsBf16: boolean;
+}
+
+/** The hyperparameters of an AdamW step that `adamwMany` shares between its tensors (weight decay is per tensor). */
+export type AdamWSharedHyper = Omit<AdamWHyper, 'weightDecay'>;
+
+/** The number of tensors `adamwMany` was given, after checking that its four lists and the decays agree. */
+export function adamwManyCount(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[],
+  weightDecays: readonly number[]): number {
+  const n = params.length;
+  if (grads.length !== n || ms.length !== n || vs.length !== n || weightDecays.length !== n) {
+    throw new Error(`adamwMany: ${n} params, ${grads.length} grads, ${ms.length} m, ${vs.length} v and ${weightDecays.length} weight decays`);
+  }
+  return n;
 }

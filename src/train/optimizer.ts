@@ -50,14 +50,14 @@ export class AdamW {
     const clip = this.config.gradClip > 0 && norm > this.config.gradClip ? this.config.gradClip / norm : 1;
     this.state.step++;
     if (clip !== 1) this.b.scaleInPlaceMany(this.params.map((p) => p.gradient), clip);
-    for (const p of this.params) {
-      // decoupled weight decay on matrices only: not on norms or other vectors
-      const weightDecay = p.value.shape.length >= 2 ? this.config.weightDecay : 0;
-      this.b.adamw(p.value, p.gradient, this.state.m.get(p.name)!, this.state.v.get(p.name)!, {
-        lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, weightDecay,
-        step: this.state.step, momentsBf16: this.config.momentsDtype === 'bf16',
-      });
-    }
+    // one pass over every parameter (one launch on the GPU); decoupled weight decay on matrices
+    // only: not on norms or other vectors
+    const m = this.state.m, v = this.state.v;
+    this.b.adamwMany(
+      this.params.map((p) => p.value), this.params.map((p) => p.gradient), this.params.map((p) => m.get(p.name)!), this.params.map((p) => v.get(p.name)!),
+      { lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, step: this.state.step, momentsBf16: this.config.momentsDtype === 'bf16' },
+      this.params.map((p) => (p.value.shape.length >= 2 ? this.config.weightDecay : 0)),
+    );
     return norm;
   }
 }

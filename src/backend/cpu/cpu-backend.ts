@@ -1,7 +1,7 @@
 // The CPU backend (DESIGN §6): FP32 or FP64 everywhere, GEMMs on all cores through
 // ./gemm (a system BLAS or our own kernel), the other ops as plain loops.
 
-import { moeCapacity, type AdamWHyper, type Backend, type GemmSpec, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
+import { adamwManyCount, moeCapacity, type AdamWHyper, type AdamWSharedHyper, type Backend, type GemmSpec, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type Tensor } from '../../tensor/tensor.js';
 import { causalAttention, latentAttention } from './attention.js';
 import { CpuTensor, allocFloat, floats, ints, type FloatArray } from './cpu-tensor.js';
@@ -525,5 +525,11 @@ export class CpuBackend implements Backend {
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
     sameShape(param, grad, 'adamw');
     train.adamw(floats(param), floats(grad), floats(m), floats(v), h);
+  }
+
+  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
+    weightDecays: readonly number[]): void {
+    const n = adamwManyCount(params, grads, ms, vs, weightDecays);
+    for (let i = 0; i < n; i++) this.adamw(params[i]!, grads[i]!, ms[i]!, vs[i]!, { ...h, weightDecay: weightDecays[i]! });
   }
 }

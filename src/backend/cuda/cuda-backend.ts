@@ -30,7 +30,7 @@
 // tensor already freed (by `free` or by `releaseAllocations`), does nothing, so code that frees
 // its handles stays correct inside an allocation scope.
 
-import type { AdamWHyper, Backend, GemmSpec, MatrixRef, MoePadding, MoePermutation, RouterConfig, RouterOutput, TensorKind } from '../backend.js';
+import { adamwManyCount, type AdamWHyper, type AdamWSharedHyper, type Backend, type GemmSpec, type MatrixRef, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type ComputeDType, type Tensor } from '../../tensor/tensor.js';
 import { CudaContext } from './context.js';
 import { BlockCache, cachingContext } from './block-cache.js';
@@ -142,6 +142,28 @@ function lastDim(t: Tensor): number {
 function overlapping(ts: readonly CudaTensor[]): [number, number] | null {
   const ranges = ts.map((t, i) => ({ start: t.ptr, end: t.ptr + t.bytes, i })).filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
   for (let j = 1; j < ranges.length; j++) if (ranges[j]!.start < ranges[j - 1]!.end) return [ranges[j - 1]!.i, ranges[j]!.i];
+  return null;
+}
+
+/**
+ * Two of the tensors whose storage overlaps where at least one of the two is written (the other may
+ * be read, like a gradient beside the params and moments), as their indices, or null. One sweep
+ * in address order: a range overlaps an earlier-starting one exactly when it starts before the
+ * furthest end seen so far.
+ */
+function writeOverlap(ts: readonly { t: CudaTensor; written: boolean }[]): [number, number] | null {
+  const ranges = ts.map((e, i) => ({ start: e.t.ptr, end: e.t.ptr + e.t.bytes, written: e.written, i })).filter((r) => r.end > r.start)
+    .sort((a, b) => a.start - b.start);
+  let written: (typeof ranges)[number] | null = null, read: (typeof ranges)[number] | null = null;
+  for (const r of ranges) {
+    if (written && r.start < written.end) return [written.i, r.i];
+    if (r.written && read && r.start < read.end) return [read.i, r.i];
+    if (r.written) {
+      if (!written || r.end > written.end) written = r;
+    } else if (!read || r.end > read.end) {
+      read = r;
+    }
+  }
   return null;
 }
 
@@ -832,7 +854,9 @@ export class CudaBackend implements Backend {
       { m: out, n: inp, k: C, abType: this.floatDType as GemmDType, cType: 'f32', transA: true, transB: false, lda: out, ldb: inp, ldc: inp, batch: E,
         strideA: C * out, strideB: C * inp, strideC }, this.act(g0, temps).ptr, this.act(x0, temps).ptr, c, 1, beta);
     const stride = E > 1 ? (gs[1]!.ptr - gs[0]!.ptr) / 4 : out * inp;
-    const uniform = Number.isInteger(stride) && stride >= out * inp && gs.every((g, e) => g.ptr === gs[0]!.ptr + 4 * e * stride);
+    // one batched GEMM straight into the gradients when they are evenly spaced views of one allocation
+    // (MoE.allocateGradients); separate allocations that happen to be evenly spaced do not count
+    const uniform = Number.isInteger(stride) && stride >= out * inp && gs.every((g, e) => g.root === gs[0]!.root && g.ptr === gs[0]!.ptr + 4 * e * stride);
     this.withTemps((temps) => {
       if (uniform) {
         gemm(gs[0]!.ptr, stride, 1, temps);
@@ -1079,6 +1103,40 @@ export class CudaBackend implements Backend {
     }
     this.written(p);
     this.withTemps((temps) => ops.adamw(this.gpu, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, p.numel, h));
+  }
+
+  /**
+   * `adamw` on every tensor in one launch (adamw_many): param, m and v FP32 as there; a BF16
+   * gradient is read as it is (no conversion). The params and moments must not overlap one another
+   * (each is written once) nor any gradient.
+   */
+  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
+    weightDecays: readonly number[]): void {
+    const n = adamwManyCount(params, grads, ms, vs, weightDecays);
+    const tensors: ops.AdamWTensor[] = [];
+    const storage: { t: CudaTensor; written: boolean }[] = [];
+    const roles = ['param', 'm', 'v', 'grad'] as const;
+    for (let i = 0; i < n; i++) {
+      const p = dev(params[i]!, `adamwMany param ${i}`), g0 = dev(grads[i]!, `adamwMany grad ${i}`);
+      const mt = dev(ms[i]!, `adamwMany m ${i}`), vt = dev(vs[i]!, `adamwMany v ${i}`);
+      if (!sameShape(p, g0) || !sameShape(p, mt) || !sameShape(p, vt)) {
+        throw new Error(`adamwMany: tensor ${i}: param ${shapeString(p.shape)}, grad ${shapeString(g0.shape)}, m ${shapeString(mt.shape)}, v ${shapeString(vt.shape)}`);
+      }
+      for (const [t, what] of [[p, 'param'], [mt, 'm'], [vt, 'v']] as const) {
+        if (t.dtype !== 'f32') throw new Error(`adamwMany: tensor ${i}: ${what} must be FP32 (master weights and moments), got ${t.dtype}`);
+      }
+      const weightDecay = weightDecays[i]!;
+      if (!Number.isFinite(weightDecay)) throw new Error(`adamwMany: tensor ${i}: weight decay ${weightDecay}`);
+      tensors.push({ p: p.ptr, g: g0.ptr, gradType: floatKind(g0, `adamwMany grad ${i}`), m: mt.ptr, v: vt.ptr, n: p.numel, weightDecay });
+      storage.push({ t: p, written: true }, { t: mt, written: true }, { t: vt, written: true }, { t: g0, written: false });
+    }
+    const overlap = writeOverlap(storage);
+    if (overlap) {
+      const [a, b] = overlap.map((k) => `${roles[k % 4]} ${Math.floor(k / 4)}`);
+      throw new Error(`adamwMany: ${a} and ${b} overlap`);
+    }
+    for (const s of storage) if (s.written) this.written(s.t);
+    ops.adamwMany(this.gpu, tensors, h);
   }
 
   /** Free every live tensor and the cached memory, release the GEMM plans and the context. */

@@ -16,10 +16,13 @@
 // The weight layout is a checkpoint's weight_scale_inv [ceil(N/128), ceil(K/128)] with its rows
 // padded to a multiple of 4; the activation layout is quantizeTiles1x128's [M, ceil(K/128)] transposed,
 // its columns padded to a multiple of 4. Every scale is a dequantization multiplier (scaleInv).
+//
+// Each shape gets a plan (descriptor, layouts, algorithm) on first use; for a large shape the
+// algorithm is the fastest of the heuristic's first few candidates, timed on the stream (autotune.ts).
 
 import type { Handle } from './ffi/driver.js';
 import {
-  check, cublasLt, cublasLtVersion, HEURISTIC_RESULT_BYTES, HEURISTIC_ALGO_BYTES, HEURISTIC_WORKSPACE_OFFSET,
+  check, cublasLt, cublasLtVersion,
   CUDA_R_8F_E4M3, CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, CUBLAS_OP_N, CUBLAS_OP_T,
   CUBLASLT_MATMUL_DESC_TRANSA, CUBLASLT_MATMUL_DESC_TRANSB, CUBLASLT_MATMUL_DESC_FAST_ACCUM,
   CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
@@ -29,6 +32,7 @@ import {
 } from './ffi/cublaslt.js';
 import type { CudaContext } from './context.js';
 import type { KernelArgType } from './launch.js';
+import { candidateCount, fastestAlgo, heuristicResults, usableAlgos } from './autotune.js';
 
 /** Edge of a weight block and width of an activation tile. */
 export const FP8_BLOCK = 128;
@@ -243,6 +247,8 @@ export class Fp8BlockScaledGemm {
     }
     const accumulate = g.accumulate === true;
     const key = `${M},${N},${K},${dType},${accumulate ? 1 : 0},${alignmentOf(g.a)},${alignmentOf(g.b)},${alignmentOf(g.d)}`;
+    // beta first: the timed runs of a new plan use it too
+    this.beta[0] = accumulate ? 1 : 0;
     let plan = this.plans.get(key);
     if (!plan) {
       plan = this.makePlan(g, dType);
@@ -252,13 +258,13 @@ export class Fp8BlockScaledGemm {
     // Scale pointers live in the descriptor; it is read when the call is enqueued (also under graph capture).
     check('cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, pointerValue(g.bScale), 8));
     check('cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, pointerValue(g.aScale), 8));
-    this.beta[0] = accumulate ? 1 : 0;
-    // Swapped operands: cuBLASLt's A is our weight b, its B our activations a.
-    check(
-      'cublasLtMatmul(FP8 block-scaled)',
-      lt.cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, g.b, plan.aLayout, g.a, plan.bLayout, this.beta, g.d, plan.dLayout, g.d, plan.dLayout,
-        plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream),
-    );
+    check('cublasLtMatmul(FP8 block-scaled)', this.launch(plan, g, g.d, plan.algo));
+  }
+
+  /** Swapped operands: cuBLASLt's A is our weight b, its B our activations a; D (and C) is `d`. */
+  private launch(plan: Plan, g: Fp8GemmArgs, d: number, algo: Buffer): number {
+    return cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, g.b, plan.aLayout, g.a, plan.bLayout, this.beta, d, plan.dLayout, d, plan.dLayout,
+      algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
   }
 
   private makePlan(g: Fp8GemmArgs, dType: Fp8OutputType): Plan {
@@ -292,7 +298,9 @@ export class Fp8BlockScaledGemm {
       const prefOut: Handle[] = [null];
       check('cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(prefOut));
       const pref = prefOut[0];
-      const results = Buffer.alloc(HEURISTIC_RESULT_BYTES);
+      const work = M * N * K;
+      const count = candidateCount(this.ctx, work);
+      const results = heuristicResults(count);
       const returned = [0];
       let status: number;
       try {
@@ -303,7 +311,7 @@ export class Fp8BlockScaledGemm {
         for (const [attr, bytes] of aligns) {
           check('cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)', lt.cublasLtMatmulPreferenceSetAttribute(pref, attr, new Uint32Array([bytes]), 4));
         }
-        status = lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, desc, aLayout, bLayout, dLayout, dLayout, pref, 1, results, returned);
+        status = lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, desc, aLayout, bLayout, dLayout, dLayout, pref, count, results, returned);
       } finally {
         lt.cublasLtMatmulPreferenceDestroy(pref);
       }
@@ -311,9 +319,15 @@ export class Fp8BlockScaledGemm {
         const why = status !== 0 ? `failed (${status === 15 ? 'CUBLAS_STATUS_NOT_SUPPORTED' : `status ${status}`})` : 'found no algorithm';
         throw new Error(`cublasLtMatmulAlgoGetHeuristic ${why} for the block-scaled FP8 GEMM M=${M} N=${N} K=${K} → ${dType} (cuBLASLt ${cublasLtVersion()})`);
       }
-      const workspace = Number(results.readBigUInt64LE(HEURISTIC_WORKSPACE_OFFSET));
-      if (workspace > this.ctx.workspaceBytes) throw new Error(`the cuBLASLt FP8 algorithm for M=${M} N=${N} K=${K} wants ${workspace} bytes of workspace`);
-      return { desc, aLayout, bLayout, dLayout, algo: Buffer.from(results.subarray(0, HEURISTIC_ALGO_BYTES)) };
+      const algos = usableAlgos(results, returned[0]!, this.ctx.workspaceBytes);
+      if (algos.length === 0) {
+        throw new Error(`cuBLASLt offered ${returned[0]} FP8 algorithm(s) for M=${M} N=${N} K=${K}, none usable (failed, or over the ${this.ctx.workspaceBytes}-byte workspace)`);
+      }
+      const plan: Plan = { desc, aLayout, bLayout, dLayout, algo: algos[0]! };
+      // For a large shape: the fastest candidate, timed reading A, B and their scales and writing a scratch D (the caller's is untouched).
+      plan.algo = fastestAlgo(this.ctx, algos, M * N * (dType === 'bf16' ? 2 : 4), (algo, scratch) => this.launch(plan, g, scratch, algo), work,
+        `FP8 block-scaled M=${M} N=${N} K=${K} → ${dType}${g.accumulate ? ' (accumulate)' : ''}`);
+      return plan;
     } catch (e) {
       for (const l of layouts) lt.cublasLtMatrixLayoutDestroy(l);
       lt.cublasLtMatmulDescDestroy(desc);

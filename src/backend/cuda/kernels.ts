@@ -91,6 +91,8 @@ export const KERNELS = {
   sum_f64: { file: 'reduce.cu', args: [P, I, P] },
   sum_rows_f32_to_f64: { file: 'reduce.cu', args: [P, I, L, P] },
   adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, L, F, F, F, F, F, F, F, F, F, I] },
+  // table (8 words per tensor), tensors, chunks, chunkElems; lr, β1, β2, 1 − β1, 1 − β2, c1, c2, eps; momentsBf16
+  adamw_many: { file: 'optimizer.cu', args: [P, I, I, L, F, F, F, F, F, F, F, F, I] },
   // table, tensors, chunks, chunkElems (see multi-tensor.cu)
   sum_squares_many: { file: 'multi-tensor.cu', args: [P, I, I, L, P] },
   scale_many: { file: 'multi-tensor.cu', args: [P, I, I, L, F] },

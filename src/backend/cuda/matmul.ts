@@ -10,19 +10,21 @@
 // descriptors plus an algorithm — built once and kept until dispose(). Asking the heuristic costs
 // ~0.1–0.3 ms, and MoE GEMMs take a new token count M (or K, for weight gradients) per expert per
 // step, so the algorithm is shared by the problems whose M and K round up to the same powers of
-// two; should cuBLASLt refuse it for one of them, that problem gets its own heuristic answer.
+// two; should cuBLASLt refuse it for one of them, that problem gets its own. For a large problem
+// the algorithm is the fastest of the heuristic's first few candidates, timed on the stream
+// (autotune.ts) when the plan is made; otherwise the heuristic's first answer.
 // Descriptors (one per pair of transposes) and matrix layouts are cached apart from the plans, so
 // a new problem mostly assembles its plan from handles that exist already.
 
 import type { Handle } from './ffi/driver.js';
 import {
-  check, cublasLt, HEURISTIC_RESULT_BYTES, HEURISTIC_ALGO_BYTES, HEURISTIC_WORKSPACE_OFFSET,
-  CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, CUBLAS_OP_N, CUBLAS_OP_T,
+  check, cublasLt, CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, CUBLAS_OP_N, CUBLAS_OP_T,
   CUBLASLT_MATMUL_DESC_TRANSA, CUBLASLT_MATMUL_DESC_TRANSB, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
   CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
   CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
 } from './ffi/cublaslt.js';
 import type { CudaContext } from './context.js';
+import { candidateCount, fastestAlgo, heuristicResults, usableAlgos } from './autotune.js';
 
 export type GemmDType = 'bf16' | 'f32';
 
@@ -83,7 +85,7 @@ export class CublasLtMatmul {
   private readonly layouts = new Map<string, Handle>();
   /** Plans by problem (a plan owns no descriptor: it names a descriptor, three layouts and an algorithm). */
   private readonly plans = new Map<string, Plan>();
-  /** Algorithms by problem class (M and K rounded up to powers of two). */
+  /** Algorithms by problem class (M and K rounded up to powers of two): the heuristic's, or the fastest of its candidates. */
   private readonly algos = new Map<string, Buffer>();
   private readonly alpha = new Float32Array(1);
   private readonly beta = new Float32Array(1);
@@ -100,20 +102,25 @@ export class CublasLtMatmul {
     const alignA = alignmentOf(a), alignB = alignmentOf(b), alignC = alignmentOf(c);
     const rest = `${g.n},${g.abType},${g.cType},${g.transA ? 1 : 0}${g.transB ? 1 : 0},${g.lda},${g.ldb},${g.ldc},${g.batch ?? 1},${g.strideA ?? 0},${g.strideB ?? 0},${g.strideC ?? 0},${alignA},${alignB},${alignC}`;
     const key = `${g.m},${g.k},${rest}`;
+    // alpha and beta first: the timed runs of a new plan use them too
+    this.alpha[0] = alpha;
+    this.beta[0] = beta;
     let plan = this.plans.get(key);
     if (!plan) {
       if (this.plans.size >= MAX_PLANS || this.layouts.size >= MAX_LAYOUTS) this.clearPlans();
       const classKey = `${roundUpPow2(g.m)},${roundUpPow2(g.k)},${rest}`;
-      plan = this.makePlan(g, alignA, alignB, alignC, this.algos.get(classKey));
-      if (!this.algos.has(classKey)) this.algos.set(classKey, plan.algo);
+      const classAlgo = this.algos.get(classKey);
+      plan = this.makePlan(g, classAlgo);
+      if (!classAlgo) {
+        plan.algo = this.chooseAlgo(plan, g, a, b, c);
+        this.algos.set(classKey, plan.algo);
+      }
       this.plans.set(key, plan);
     }
-    this.alpha[0] = alpha;
-    this.beta[0] = beta;
     let status = this.launch(plan, a, b, c);
     if (status !== 0 && plan.shared) {
-      // the class's algorithm does not fit this problem: ask the heuristic for this one
-      plan.algo = this.heuristic(plan, g, alignA, alignB, alignC);
+      // the class's algorithm does not fit this problem: choose one for this problem
+      plan.algo = this.chooseAlgo(plan, g, a, b, c);
       plan.shared = false;
       status = this.launch(plan, a, b, c);
     }
@@ -121,9 +128,22 @@ export class CublasLtMatmul {
   }
 
   /** Swapped operands: cuBLASLt's A is our B and its B is our A (see the header comment). */
-  private launch(plan: Plan, a: number, b: number, c: number): number {
+  private launch(plan: Plan, a: number, b: number, c: number, algo = plan.algo): number {
     return cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, b, plan.aLayout, a, plan.bLayout, this.beta, c, plan.cLayout, c, plan.cLayout,
-      plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
+      algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
+  }
+
+  /**
+   * The algorithm for a plan's problem: the heuristic's best, or for a large problem the fastest
+   * of its candidates, timed reading A and B and writing a scratch C (the caller's C is untouched).
+   */
+  private chooseAlgo(plan: Plan, g: RowMajorGemm, a: number, b: number, c: number): Buffer {
+    const batch = g.batch ?? 1;
+    const work = g.m * g.n * g.k * batch;
+    const algos = this.heuristic(plan, g, alignmentOf(a), alignmentOf(b), alignmentOf(c), candidateCount(this.ctx, work));
+    // every matrix of the batch: the last starts (batch - 1)·strideC in and has m rows of ldc
+    const cBytes = ELEMENT_BYTES[g.cType] * ((batch - 1) * (g.strideC ?? 0) + g.m * g.ldc);
+    return fastestAlgo(this.ctx, algos, cBytes, (algo, scratch) => this.launch(plan, a, b, scratch, algo), work, describe(g));
   }
 
   /** The descriptor for one pair of transposes (made on first use). */
@@ -171,7 +191,8 @@ export class CublasLtMatmul {
     return layout;
   }
 
-  private makePlan(g: RowMajorGemm, alignA: number, alignB: number, alignC: number, classAlgo: Buffer | undefined): Plan {
+  /** A plan with the class's algorithm, or (classAlgo undefined) none yet: the caller chooses it. */
+  private makePlan(g: RowMajorGemm, classAlgo: Buffer | undefined): Plan {
     const batch = g.batch ?? 1;
     const desc = this.desc(g.transA, g.transB);
     // cuBLASLt A = our B: op must be [N, K]. Stored row-major [K, N] reads column-major as [N, K].
@@ -179,9 +200,7 @@ export class CublasLtMatmul {
     // cuBLASLt B = our A: op must be [K, M]. Stored row-major [M, K] reads column-major as [K, M].
     const bLayout = g.transA ? this.layout(g.abType, g.m, g.k, g.lda, batch, g.strideA ?? 0) : this.layout(g.abType, g.k, g.m, g.lda, batch, g.strideA ?? 0);
     const cLayout = this.layout(g.cType, g.n, g.m, g.ldc, batch, g.strideC ?? 0);
-    const plan: Plan = { desc, aLayout, bLayout, cLayout, algo: classAlgo ?? Buffer.alloc(0), shared: classAlgo !== undefined };
-    if (!classAlgo) plan.algo = this.heuristic(plan, g, alignA, alignB, alignC);
-    return plan;
+    return { desc, aLayout, bLayout, cLayout, algo: classAlgo ?? Buffer.alloc(0), shared: classAlgo !== undefined };
   }
 
   /** Forget the plans and destroy the layouts (the descriptors and the class algorithms stay). */
@@ -192,13 +211,13 @@ export class CublasLtMatmul {
     this.layouts.clear();
   }
 
-  /** The heuristic's best algorithm for one problem. */
-  private heuristic(plan: Plan, g: RowMajorGemm, alignA: number, alignB: number, alignC: number): Buffer {
+  /** The heuristic's `count` best algorithms for one problem (at least one), best first. */
+  private heuristic(plan: Plan, g: RowMajorGemm, alignA: number, alignB: number, alignC: number, count: number): Buffer[] {
     const lt = cublasLt();
     const prefOut: Handle[] = [null];
     check('cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(prefOut));
     const pref = prefOut[0];
-    const results = Buffer.alloc(HEURISTIC_RESULT_BYTES);
+    const results = heuristicResults(count);
     const returned = [0];
     try {
       check('cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)',
@@ -210,14 +229,14 @@ export class CublasLtMatmul {
         check('cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)', lt.cublasLtMatmulPreferenceSetAttribute(pref, attr, new Uint32Array([bytes]), 4));
       }
       check('cublasLtMatmulAlgoGetHeuristic',
-        lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, plan.desc, plan.aLayout, plan.bLayout, plan.cLayout, plan.cLayout, pref, 1, results, returned));
+        lt.cublasLtMatmulAlgoGetHeuristic(this.ctx.ltHandle, plan.desc, plan.aLayout, plan.bLayout, plan.cLayout, plan.cLayout, pref, count, results, returned));
     } finally {
       lt.cublasLtMatmulPreferenceDestroy(pref);
     }
     if (returned[0] === 0) throw new Error(`cublasLtMatmulAlgoGetHeuristic found no algorithm for ${describe(g)}`);
-    const workspace = Number(results.readBigUInt64LE(HEURISTIC_WORKSPACE_OFFSET));
-    if (workspace > this.ctx.workspaceBytes) throw new Error(`cuBLASLt algorithm for ${describe(g)} wants ${workspace} bytes of workspace`);
-    return Buffer.from(results.subarray(0, HEURISTIC_ALGO_BYTES));
+    const algos = usableAlgos(results, returned[0]!, this.ctx.workspaceBytes);
+    if (algos.length === 0) throw new Error(`cuBLASLt offered ${returned[0]} algorithm(s) for ${describe(g)}, none usable (failed, or over the ${this.ctx.workspaceBytes}-byte workspace)`);
+    return algos;
   }
 
   /** Release every descriptor and layout. */

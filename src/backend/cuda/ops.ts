@@ -4,7 +4,7 @@
 
 import type { CudaContext } from './context.js';
 import { kernel } from './kernels.js';
-import { moeCapacity, type AdamWHyper, type MoePadding, type RouterConfig } from '../backend.js';
+import { moeCapacity, type AdamWHyper, type AdamWSharedHyper, type MoePadding, type RouterConfig } from '../backend.js';
 
 /** Storage type of a float buffer. */
 export type FloatKind = 'bf16' | 'f32';
@@ -443,37 +443,43 @@ export interface MultiTensorEntry {
   n: number;
   /** 1 for BF16 and 0 for FP32 (sum of squares, scale); the destination address (cast). */
   extra: number;
+  /** The kernel's further words for this tensor (adamw_many's), after the first four. */
+  more?: readonly number[];
 }
 
 /** Elements per chunk: one block's share of a tensor (a tensor's last chunk may be shorter). */
 export const MULTI_TENSOR_CHUNK = 1 << 16;
 
 /**
- * The device table of `entries` (4 i64 per tensor: address, count, first chunk, extra; see
- * multi-tensor.cu), uploaded into a pool allocation the caller frees after its launch; tensors
- * without elements are left out.
+ * The device table of `entries` (`words` i64 per tensor: address, count, first chunk, extra, then
+ * the entry's `more`; see multi-tensor.cuh) for chunks of `chunkElems` elements, uploaded into a
+ * pool allocation the caller frees after its launch; tensors without elements are left out.
  */
-function multiTensorTable(ctx: CudaContext, entries: readonly MultiTensorEntry[]): { table: number; tensors: number; chunks: number } {
-  const words = new Uint32Array(8 * entries.length);
+function multiTensorTable(ctx: CudaContext, entries: readonly MultiTensorEntry[], chunkElems = MULTI_TENSOR_CHUNK, words = 4):
+  { table: number; tensors: number; chunks: number } {
+  const u32 = new Uint32Array(2 * words * entries.length);
   let tensors = 0, chunks = 0;
   const put = (slot: number, v: number) => {
-    words[2 * slot] = v >>> 0;
-    words[2 * slot + 1] = Math.floor(v / 4294967296) >>> 0;
+    u32[2 * slot] = v >>> 0;
+    u32[2 * slot + 1] = Math.floor(v / 4294967296) >>> 0;
   };
   for (const e of entries) {
     if (!Number.isInteger(e.n) || e.n < 0) throw new Error(`multi-tensor table: ${e.n} elements`);
+    if (4 + (e.more?.length ?? 0) !== words) throw new Error(`multi-tensor table: ${4 + (e.more?.length ?? 0)} words for a tensor, the table has ${words}`);
     if (e.n === 0) continue;
-    put(4 * tensors, e.ptr);
-    put(4 * tensors + 1, e.n);
-    put(4 * tensors + 2, chunks);
-    put(4 * tensors + 3, e.extra);
+    const at = words * tensors;
+    put(at, e.ptr);
+    put(at + 1, e.n);
+    put(at + 2, chunks);
+    put(at + 3, e.extra);
+    e.more?.forEach((v, i) => put(at + 4 + i, v));
     tensors++;
-    chunks += Math.ceil(e.n / MULTI_TENSOR_CHUNK);
+    chunks += Math.ceil(e.n / chunkElems);
   }
   if (chunks > 2 ** 31 - 1) throw new Error(`multi-tensor table: ${chunks} chunks (at most 2^31 − 1)`);
   if (tensors === 0) return { table: 0, tensors, chunks };
-  const table = ctx.alloc(32 * tensors);
-  ctx.copyToDevice(table, words, 32 * tensors);
+  const table = ctx.alloc(8 * words * tensors);
+  ctx.copyToDevice(table, u32, 8 * words * tensors);
   return { table, tensors, chunks };
 }
 
@@ -534,12 +540,65 @@ export function castF32ToBf16Many(ctx: CudaContext, entries: readonly MultiTenso
   }
 }
 
+/** The scalar factors of an AdamW step, computed in FP64 (the kernels get them as floats). */
+function adamwFactors(h: AdamWSharedHyper): { c1: number; c2: number; oneMinusBeta1: number; oneMinusBeta2: number } {
+  return { c1: 1 - Math.pow(h.beta1, h.step), c2: 1 - Math.pow(h.beta2, h.step), oneMinusBeta1: 1 - h.beta1, oneMinusBeta2: 1 - h.beta2 };
+}
+
+/** The decoupled weight-decay factor 1 − lr·wd (FP64, passed as a float). */
+function adamwDecay(lr: number, weightDecay: number): number {
+  return 1 - lr * weightDecay;
+}
+
 /** AdamW in place on n FP32 elements: param p, gradient g, moments m and v (optimizer.cu). */
 export function adamw(ctx: CudaContext, p: number, g: number, m: number, v: number, n: number, h: AdamWHyper): void {
   if (n === 0) return;
-  const c1 = 1 - Math.pow(h.beta1, h.step);
-  const c2 = 1 - Math.pow(h.beta2, h.step);
+  const f = adamwFactors(h);
   kernel(ctx, 'adamw_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [
-    p, g, m, v, n, h.lr, h.beta1, h.beta2, 1 - h.beta1, 1 - h.beta2, c1, c2, 1 - h.lr * h.weightDecay, h.eps, h.momentsBf16 ? 1 : 0,
+    p, g, m, v, n, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, adamwDecay(h.lr, h.weightDecay), h.eps, h.momentsBf16 ? 1 : 0,
   ]);
+}
+
+/** One tensor of adamwMany: FP32 param p and moments m, v, a gradient g of either type, n elements each. */
+export interface AdamWTensor {
+  p: number;
+  g: number;
+  gradType: FloatKind;
+  m: number;
+  v: number;
+  n: number;
+  /** This tensor's decoupled weight decay. */
+  weightDecay: number;
+}
+
+/** Elements per chunk of adamw_many: 28 bytes each, so a chunk moves about 0.9 MB. */
+export const ADAMW_CHUNK = 1 << 15;
+
+const f32Bits = new Float32Array(1);
+const f32BitsU32 = new Uint32Array(f32Bits.buffer);
+
+/** The bits of x rounded to FP32 (what a kernel's f32 argument gets). */
+function float32Bits(x: number): number {
+  f32Bits[0] = x;
+  return f32BitsU32[0]!;
+}
+
+/**
+ * AdamW in place on every tensor in one launch (adamw_many in optimizer.cu): the same bits as
+ * `adamw` on each in turn with its weight decay. The params and moments must not overlap.
+ */
+export function adamwMany(ctx: CudaContext, tensors: readonly AdamWTensor[], h: AdamWSharedHyper): void {
+  const entries = tensors.map((t): MultiTensorEntry => ({
+    ptr: t.p, n: t.n, extra: t.g, more: [t.m, t.v, float32Bits(adamwDecay(h.lr, t.weightDecay)), t.gradType === 'bf16' ? 1 : 0],
+  }));
+  const { table, tensors: count, chunks } = multiTensorTable(ctx, entries, ADAMW_CHUNK, 8);
+  if (chunks === 0) return;
+  const f = adamwFactors(h);
+  try {
+    kernel(ctx, 'adamw_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [
+      table, count, chunks, ADAMW_CHUNK, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, h.eps, h.momentsBf16 ? 1 : 0,
+    ]);
+  } finally {
+    ctx.free(table);
+  }
 }

@@ -521,13 +521,106 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     }
   });
 
+  test(name('adamwMany equals adamw per tensor bit for bit (FP32 and BF16 moments, mixed decays, views, a BF16 gradient)'), opts, () => {
+    const b = cuda();
+    // A tensor of two chunks (ADAMW_CHUNK = 2^15 elements; odd: a scalar tail), matrices, vectors,
+    // an empty one, and views at an odd offset (the element-wise loop); decays as the optimizer
+    // gives them (matrices) and others.
+    const shapes = [[L ? 1024 : 257, L ? 257 : 129], [64, 33], [33], [5], [0], [2, 7]];
+    const decays = [0.1, 0.1, 0, 0.05, 0.1, 0.02];
+    const VIEW = shapes.length - 1;
+    const bits = (t: Tensor) => {
+      const f = b.download(t);
+      return new Uint32Array(f.buffer, f.byteOffset, f.length);
+    };
+    const sameBits = (what: string, got: Tensor, want: Tensor) => {
+      const x = bits(got), y = bits(want);
+      assert.equal(x.length, y.length, `${what}: length`);
+      const at = x.findIndex((e, i) => e !== y[i]);
+      assert.equal(at, -1, `${mode} ${what}: element ${at} is 0x${x[at]?.toString(16)}, per tensor 0x${y[at]?.toString(16)} (seed ${rng.seed})`);
+    };
+    for (const momentsBf16 of [false, true]) {
+      const init = shapes.map((s) => {
+        const n = count(s);
+        // moments of some history: v ≥ m², so that an update stays within a few lr (as in training)
+        const m = data(n, 0.01), w = data(n, 0.01);
+        return { p: data(n, 0.02), m, v: m.map((e, i) => e * e + w[i]! * w[i]!) };
+      });
+      type Group = { p: Tensor[]; m: Tensor[]; v: Tensor[] };
+      // FP32 storage on both backends; the last tensor a view at an odd offset on the CUDA side
+      const make = (be: Backend, viaView: boolean): Group => {
+        const out: Group = { p: [], m: [], v: [] };
+        init.forEach((d, i) => {
+          for (const k of ['p', 'm', 'v'] as const) {
+            let t: Tensor;
+            if (i === VIEW && viaView) {
+              const [r, c] = shapes[i] as [number, number];
+              const whole = be.upload(new Float32Array((r + 1) * c), [r + 1, c]);
+              t = be.rows(whole, 1, r);
+            } else {
+              t = be.upload(new Float32Array(count(shapes[i]!)), shapes[i]!);
+            }
+            be.copyFromHost(t, d[k]);
+            out[k].push(t);
+          }
+        });
+        return out;
+      };
+      const one = make(b, false), many = make(b, true), ref = make(cpu, false);
+      // in BF16 mode the BF16 copies of the weights exist before the step: the step must mark them stale
+      const x = act([5, 33]);
+      if (mode === 'bf16') b.free(b.linear(x.g, many.p[1]!));
+      for (let step = 1; step <= 3; step++) {
+        // gradients shared by both CUDA paths (read only); in BF16 mode one is stored in BF16
+        const gd = shapes.map((s) => data(count(s), 0.01));
+        const g = gd.map((d, i) => (mode === 'bf16' && i === 1 ? b.upload(d, shapes[i]!, 'bf16') : b.upload(d, shapes[i]!)));
+        const gc = gd.map((d, i) => cpu.upload(d, shapes[i]!));
+        const h = { lr: 1e-3 * step, beta1: 0.9, beta2: 0.95, eps: 1e-8, step, momentsBf16 };
+        one.p.forEach((_, i) => b.adamw(one.p[i]!, g[i]!, one.m[i]!, one.v[i]!, { ...h, weightDecay: decays[i]! }));
+        b.adamwMany(many.p, g, many.m, many.v, h, decays);
+        cpu.adamwMany(ref.p, gc, ref.m, ref.v, h, decays);
+        g.forEach((t) => b.free(t));
+      }
+      const what = `adamwMany${momentsBf16 ? ' (BF16 moments)' : ''}`;
+      shapes.forEach((s, i) => {
+        sameBits(`${what} param ${i} [${s}]`, many.p[i]!, one.p[i]!);
+        sameBits(`${what} m ${i} [${s}]`, many.m[i]!, one.m[i]!);
+        sameBits(`${what} v ${i} [${s}]`, many.v[i]!, one.v[i]!);
+        if (count(s) === 0) return;
+        // BF16 moments: a moment that rounds to the other BF16 neighbour than the CPU's FP64 value
+        // stays one BF16 step (2^-8) off for the later steps too, so each update may be off by
+        // 2^-8 of up to ~2.2·lr (v ≥ m² bounds m̂/√v̂ by √c2/c1 ≈ 2.2 at step 1): with Σ lr = 6e-3
+        // over the three steps, up to ~2.6e-3 against the 0.02 scale of the parameters, ~4e-3 with v's
+        compare(`${what} param ${i} against the CPU`, many.p[i]!, ref.p[i]!, momentsBf16 ? 1e-2 : 1e-5);
+        compare(`${what} m ${i} against the CPU`, many.m[i]!, ref.m[i]!, momentsBf16 ? 2e-2 : 1e-5);
+      });
+      // the weight's BF16 copy was refreshed: the same product as from the per-tensor update
+      sameBits(`${what}: linear after the step`, b.linear(x.g, many.p[1]!), b.linear(x.g, one.p[1]!));
+    }
+    const p = b.upload(new Float32Array(6), [2, 3]), z = () => b.zeros([2, 3]);
+    const h = { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1, momentsBf16: false };
+    assert.throws(() => b.adamwMany([p], [z()], [z()], [z(), z()], h, [0]), /1 params, 1 grads, 1 m, 2 v and 1 weight decays/);
+    assert.throws(() => b.adamwMany([p], [z()], [z()], [b.zeros([3, 2])], h, [0]), /tensor 0: param \[2, 3\]/);
+    const m0 = z();
+    assert.throws(() => b.adamwMany([p, b.rows(p, 1, 1)], [z(), b.zeros([1, 3])], [m0, b.zeros([1, 3])], [z(), b.zeros([1, 3])], h, [0, 0]), /param 0 and param 1 overlap/);
+    assert.throws(() => b.adamwMany([p], [m0], [m0], [z()], h, [0]), /overlap/);
+    // a gradient may be shared (read only)
+    const g0 = z();
+    b.adamwMany([p, z()], [g0, g0], [z(), z()], [z(), z()], h, [0, 0]);
+    b.adamwMany([], [], [], [], h, []);
+    if (mode === 'bf16') {
+      const pb = b.upload(new Float32Array(6), [2, 3], 'bf16');
+      assert.throws(() => b.adamwMany([pb], [z()], [z()], [z()], h, [0]), /tensor 0: param must be FP32/);
+    }
+  });
+
   test(name('the class implements every Backend op'), opts, () => {
     const b: Backend = cuda();
     const ops: (keyof Backend)[] = ['upload', 'uploadInt', 'download', 'downloadInt', 'zeros', 'rows', 'reshape', 'free', 'copyFromHost', 'markAllocations',
       'releaseAllocations', 'gemm', 'linear', 'add', 'addInPlace', 'rmsNorm', 'swiglu', 'sliceCols', 'concatHeads', 'embedding', 'rope', 'attention',
       'mlaLatentAttention', 'writeCache', 'routerTopK', 'moePermute', 'moeUnpermute', 'rmsNormBackwardInput', 'rmsNormBackwardWeight', 'swigluBackward',
       'embeddingBackward', 'addToCols', 'sumHeads', 'attentionBackward', 'moeUnpermuteBackward', 'moePermuteBackward', 'routerBackward',
-      'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'groupedLinear',
+      'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'adamwMany', 'groupedLinear',
       'groupedLinearBackwardInput', 'groupedLinearBackwardWeight'];
     for (const op of ops) assert.equal(typeof b[op], 'function', op);
     assert.equal(b.floatDType, mode);

@@ -92,6 +92,18 @@ test('every kernel in the table exists in its file with the declared parameter t
   }
 });
 
+test('the multi-tensor kernels are in the table: one launch over a table of tensors, AdamW among them', () => {
+  for (const name of ['sum_squares_many', 'scale_many', 'cast_f32_to_bf16_many', 'add_many'] as const) {
+    assert.equal(KERNELS[name].file, 'multi-tensor.cu', name);
+    assert.deepEqual(KERNELS[name].args.slice(0, 4), ['ptr', 'i32', 'i32', 'i64'], `${name}: table, tensors, chunks, chunkElems`);
+  }
+  // adamw_many beside adamw_f32, whose arithmetic it shares: table, tensors, chunks, chunkElems;
+  // lr, β1, β2, 1 − β1, 1 − β2, c1, c2, eps; momentsBf16 (the decay is per tensor, in the table)
+  assert.equal(KERNELS.adamw_many.file, 'optimizer.cu');
+  assert.equal(KERNELS.adamw_f32.file, 'optimizer.cu');
+  assert.deepEqual([...KERNELS.adamw_many.args], ['ptr', 'i32', 'i32', 'i64', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'i32']);
+});
+
 test('architecture names: sm_90a on Hopper, sm_XY elsewhere', () => {
   assert.equal(gpuArchitecture(9, 0), 'sm_90a');
   assert.equal(gpuArchitecture(8, 0), 'sm_80');
@@ -105,7 +117,7 @@ test('kernel sources are found from the compiled code, and the cache folder foll
   const files = kernelSourceFiles();
   for (const f of ['elementwise.cu', 'rmsnorm.cu', 'swiglu.cu', 'embedding.cu', 'rope.cu', 'columns.cu', 'router.cu', 'moe.cu', 'attention.cu', 'rmsnorm-backward.cu',
     'swiglu-backward.cu', 'embedding-backward.cu', 'columns-backward.cu', 'attention-backward.cu', 'moe-backward.cu', 'router-backward.cu', 'loss.cu',
-    'reduce.cu', 'optimizer.cu']) assert.ok(files.includes(f), f);
+    'reduce.cu', 'optimizer.cu', 'multi-tensor.cu', 'fp8-quantize.cu']) assert.ok(files.includes(f), f);
   assert.equal(defaultCacheDir({ DSV3_CACHE_DIR: '/x/y' }), join('/x/y', 'kernels'));
   assert.equal(defaultCacheDir({ XDG_CACHE_HOME: '/c' }), join('/c', 'dsv3', 'kernels'));
   assert.match(defaultCacheDir({}), /\.cache\/dsv3\/kernels$/);

@@ -1,9 +1,7 @@
 // Multi-tensor kernels: one launch over a list of tensors (all of a model's gradients or weights)
-// instead of one per tensor. The list is a table of 4 i64 per tensor,
+// instead of one per tensor, through the table of multi-tensor.cuh with 4 i64 per tensor,
 //   [address, element count, first chunk, extra]
-// and the tensors are cut into chunks of `chunkElems` elements (a tensor's last chunk may be
-// shorter), numbered in table order: tensor t owns chunks [first_t, first_{t+1}). Blocks stride
-// over the chunks; each finds its tensor by binary search on the first chunks.
+// (adamw_many in optimizer.cu uses the same table with more words per tensor).
 //   sum_squares_many       partial[c] = Σ x² over chunk c (FP64); extra = 1 for BF16, 0 for FP32.
 //                          The partials depend only on the table, not on the grid: the same
 //                          inputs give the same bits every run (sum_f64 in reduce.cu adds them).
@@ -11,7 +9,7 @@
 //   cast_f32_to_bf16_many  y = bf16(x) (like cast_f32_to_bf16); extra = the address of y.
 //   add_many               y += x in FP32, y at the address, x (FP32) at extra.
 // blockDim.x is a multiple of 32 (at most 1024).
-#include "common.cuh"
+#include "multi-tensor.cuh"
 
 struct Chunk {
   i64 address;
@@ -22,16 +20,8 @@ struct Chunk {
 
 /** Chunk c of the table: its tensor's address and extra word, and the element range it covers. */
 __device__ __forceinline__ Chunk find_chunk(const i64* __restrict__ table, int tensors, int c, i64 chunkElems) {
-  int lo = 0, hi = tensors - 1;
-  while (lo < hi) {  // the last tensor whose first chunk is ≤ c
-    const int mid = (lo + hi + 1) >> 1;
-    if (table[4 * mid + 2] <= c) lo = mid;
-    else hi = mid - 1;
-  }
-  const i64* e = table + 4 * lo;
-  const i64 start = (c - e[2]) * chunkElems;
-  const i64 left = e[1] - start;
-  return {e[0], start, left < chunkElems ? left : chunkElems, e[3]};
+  const TableChunk k = find_table_chunk<4>(table, tensors, c, chunkElems);
+  return {k.entry[0], k.start, k.count, k.entry[3]};
 }
 
 __device__ __forceinline__ double warp_sum_f64_mt(double v) {
