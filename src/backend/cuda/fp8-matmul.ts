@@ -32,7 +32,7 @@ import {
 } from './ffi/cublaslt.js';
 import type { CudaContext } from './context.js';
 import type { KernelArgType } from './launch.js';
-import { candidateCount, fastestAlgo, heuristicResults, usableAlgos } from './autotune.js';
+import { heuristicResults, usableAlgos } from './autotune.js';
 
 /** Edge of a weight block and width of an activation tile. */
 export const FP8_BLOCK = 128;
@@ -298,8 +298,9 @@ export class Fp8BlockScaledGemm {
       const prefOut: Handle[] = [null];
       check('cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(prefOut));
       const pref = prefOut[0];
-      const work = M * N * K;
-      const count = candidateCount(this.ctx, work);
+      // The heuristic's first answer: timing its candidates (autotune.ts) made the V3 shapes slower on
+      // an H200 (geomean 0.89× torch against 0.95×, bench/RESULTS.md), unlike the BF16 GEMMs.
+      const count = 1;
       const results = heuristicResults(count);
       const returned = [0];
       let status: number;
@@ -323,11 +324,7 @@ export class Fp8BlockScaledGemm {
       if (algos.length === 0) {
         throw new Error(`cuBLASLt offered ${returned[0]} FP8 algorithm(s) for M=${M} N=${N} K=${K}, none usable (failed, or over the ${this.ctx.workspaceBytes}-byte workspace)`);
       }
-      const plan: Plan = { desc, aLayout, bLayout, dLayout, algo: algos[0]! };
-      // For a large shape: the fastest candidate, timed reading A, B and their scales and writing a scratch D (the caller's is untouched).
-      plan.algo = fastestAlgo(this.ctx, algos, M * N * (dType === 'bf16' ? 2 : 4), (algo, scratch) => this.launch(plan, g, scratch, algo), work,
-        `FP8 block-scaled M=${M} N=${N} K=${K} → ${dType}${g.accumulate ? ' (accumulate)' : ''}`);
-      return plan;
+      return { desc, aLayout, bLayout, dLayout, algo: algos[0]! };
     } catch (e) {
       for (const l of layouts) lt.cublasLtMatrixLayoutDestroy(l);
       lt.cublasLtMatmulDescDestroy(desc);
