@@ -118,6 +118,7 @@ Output
     if (fs.existsSync(path.join(outDir, 'latest'))) throw new UsageError(`${outDir} already holds a run: pass --resume ${outDir} to continue it, or another --out`);
     const run = runOptionsFromFlags(values, preset);
     for (const file of run.data) if (!fs.existsSync(file)) throw new Error(`data file ${file} does not exist`);
+    if (run.configFile) readConfigFile(run.configFile); // a bad config fails before any work
     fs.mkdirSync(outDir, { recursive: true });
     const tokenizerDir = stringFlag(values, 'tokenizer') ?? trainTokenizer(run, path.join(outDir, 'tokenizer'));
     const tokenizer = loadTokenizer(tokenizerDir);
@@ -227,10 +228,12 @@ async function trainAndReport(model: DeepseekV3, run: RunOptions, outDir: string
   console.log(`training ${title} on ${model.backend.name}: ${opts.steps - trainer.step} steps of ${opts.batchSize}×${opts.seqLen} tokens; ${sampler.trainWindows} training and ${sampler.evalWindows} held-out windows`);
 
   const bar = new cliProgress.SingleBar({
-    format: 'step {value}/{total} | loss {loss} | mtp {mtp} | {tps} tok/s | ETA {eta_formatted}',
-    noTTYOutput: true, notTTYSchedule: 10000, etaBuffer: 20,
+    format: 'step {value}/{total} | loss {loss} | mtp {mtp} | {tps} tok/s | ETA {remaining}',
+    noTTYOutput: true, notTTYSchedule: 10000,
   }, cliProgress.Presets.shades_classic);
-  bar.start(opts.steps, trainer.step, { loss: '-', mtp: '-', tps: '-' });
+  bar.start(opts.steps, trainer.step, { loss: '-', mtp: '-', tps: '-', remaining: '-' });
+  const firstStep = trainer.step;
+  const loopStart = performance.now();
   let last: ReturnType<Trainer['trainStep']> | null = null;
   let lastEval: ReturnType<Trainer['evaluate']> | null = null;
   let saved = checkpointDir;
@@ -241,7 +244,8 @@ async function trainAndReport(model: DeepseekV3, run: RunOptions, outDir: string
   while (trainer.step < opts.steps && !interrupted) {
     last = trainer.trainStep();
     log(last);
-    bar.update(trainer.step, { loss: last.main_loss.toFixed(3), mtp: last.mtp_loss.map((l) => l.toFixed(3)).join('/') || '-', tps: last.tokens_per_s.toFixed(0) });
+    const secondsLeft = ((performance.now() - loopStart) / 1000 / (trainer.step - firstStep)) * (opts.steps - trainer.step);
+    bar.update(trainer.step, { loss: last.main_loss.toFixed(3), mtp: last.mtp_loss.map((l) => l.toFixed(3)).join('/') || '-', tps: last.tokens_per_s.toFixed(0), remaining: formatDuration(secondsLeft) });
     // let timers and signals run: the progress bar's redraw when stdout is not a terminal, Ctrl-C
     await new Promise((resolve) => setImmediate(resolve));
     const final = trainer.step === opts.steps;
@@ -258,6 +262,14 @@ async function trainAndReport(model: DeepseekV3, run: RunOptions, outDir: string
   if (last) console.log(`step ${trainer.step}: loss ${last.main_loss.toFixed(3)}, MTP ${last.mtp_loss.map((l) => l.toFixed(3)).join('/')}, held-out ${lastEval?.eval_loss.toFixed(3)} (perplexity ${lastEval?.eval_ppl.toFixed(1)}); ${minutes.toFixed(1)} min`);
   if (samples > 0) printSamples(model, tokenizer, samples);
   console.log(`checkpoint: ${saved}\nmetrics:    ${metricsFile}\nplot:       ${plotFile}`);
+}
+
+/** 95 → "1m35s", 3725 → "1h02m". */
+function formatDuration(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
 function printSamples(model: DeepseekV3, tokenizer: Tokenizer, count: number): void {
