@@ -258,15 +258,11 @@ export class Fp8BlockScaledGemm {
     // Scale pointers live in the descriptor; it is read when the call is enqueued (also under graph capture).
     check('cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, pointerValue(g.bScale), 8));
     check('cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, pointerValue(g.aScale), 8));
-    check('cublasLtMatmul(FP8 block-scaled)', this.launch(plan, g, g.d, plan.algo));
+    check('cublasLtMatmul(FP8 block-scaled)', cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, g.b, plan.aLayout, g.a, plan.bLayout, this.beta,
+      g.d, plan.dLayout, g.d, plan.dLayout, plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream));
   }
 
   /** Swapped operands: cuBLASLt's A is our weight b, its B our activations a; D (and C) is `d`. */
-  private launch(plan: Plan, g: Fp8GemmArgs, d: number, algo: Buffer): number {
-    return cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, g.b, plan.aLayout, g.a, plan.bLayout, this.beta, d, plan.dLayout, d, plan.dLayout,
-      algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream);
-  }
-
   private makePlan(g: Fp8GemmArgs, dType: Fp8OutputType): Plan {
     const lt = cublasLt();
     const { M, N, K } = g;

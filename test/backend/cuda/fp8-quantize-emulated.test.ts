@@ -27,7 +27,7 @@ import {
   type Fp8InputType,
 } from '../../../src/backend/cuda/fp8-matmul.js';
 import { quantizeTiles1x128, quantizeWeightBlocks128 } from '../../../src/fp8/quantize.js';
-import { EmulatedDevice } from './emulator/emulator.js';
+import { EmulatedDevice, KERNEL_CALL_PROLOGUE } from './emulator/emulator.js';
 import { encodeBf16, roundBf16, seededRandom, type Rng } from './gpu-helpers.js';
 import { repoRoot } from '../../shared-paths.js';
 
@@ -108,15 +108,7 @@ async function buildLibrary(): Promise<{ path: string } | { skip: string }> {
   writeFileSync(join(work, 'tu.cpp'), [
     '#include "cuda-shim.h"',
     HOST_SUPPORT,
-    '#include <cstddef>',
-    '#include <type_traits>',
-    '#include <utility>',
-    '#include <vector>',
-    'void emu_register_kernel(const char*, void (*)(void**), std::vector<std::pair<void*, size_t>>*);',
-    'template <typename... A, size_t... I> static void emu_call_impl(void (*f)(A...), void** p, std::index_sequence<I...>) {',
-    '  f(*reinterpret_cast<std::remove_reference_t<A>*>(p[I])...);',
-    '}',
-    'template <typename... A> static void emu_call(void (*f)(A...), void** p) { emu_call_impl(f, p, std::index_sequence_for<A...>{}); }',
+    ...KERNEL_CALL_PROLOGUE,
     'static std::vector<std::pair<void*, size_t>> emuDynamicShared;',
     `#include "${FILE}"`,
     SCALE_CHECK,

@@ -63,6 +63,23 @@ __device__ __forceinline__ int block_sum_int(int v) {
   return warp_sum_int(lane < warps ? partial_int[lane] : 0);
 }
 
+__device__ __forceinline__ double warp_sum_f64(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+
+/** Sum over the block in FP64 (reductions that must not depend on the summation order's rounding); every thread gets the total. */
+__device__ __forceinline__ double block_sum_f64(double v) {
+  __shared__ double partial_f64[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_sum_f64(v);
+  __syncthreads();  // an earlier call may still be reading partial_f64
+  if (lane == 0) partial_f64[warp] = v;
+  __syncthreads();
+  return warp_sum_f64(lane < warps ? partial_f64[lane] : 0.0);
+}
+
 /** Copy n elements of T (16-byte vectors when both rows allow it), threads of one block striding. */
 template <typename T>
 __device__ __forceinline__ void block_copy_row(const T* __restrict__ src, T* __restrict__ dst, int n) {

@@ -24,23 +24,6 @@ __device__ __forceinline__ Chunk find_chunk(const i64* __restrict__ table, int t
   return {k.entry[0], k.start, k.count, k.entry[3]};
 }
 
-__device__ __forceinline__ double warp_sum_f64_mt(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
-/** Sum over the block in FP64; every thread gets the total. */
-__device__ __forceinline__ double block_sum_f64_mt(double v) {
-  __shared__ double partialMt[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  v = warp_sum_f64_mt(v);
-  __syncthreads();  // an earlier call may still be reading partialMt
-  if (lane == 0) partialMt[warp] = v;
-  __syncthreads();
-  return warp_sum_f64_mt(lane < warps ? partialMt[lane] : 0.0);
-}
-
 extern "C" __global__ void sum_squares_many(const i64* table, int tensors, int chunks, i64 chunkElems, double* partial) {
   for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
     const Chunk k = find_chunk(table, tensors, c, chunkElems);
@@ -58,7 +41,7 @@ extern "C" __global__ void sum_squares_many(const i64* table, int tensors, int c
         s += v * v;
       }
     }
-    s = block_sum_f64_mt(s);
+    s = block_sum_f64(s);
     if (threadIdx.x == 0) partial[c] = s;
   }
 }

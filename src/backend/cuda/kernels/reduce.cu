@@ -6,23 +6,6 @@
 // blockDim.x is a multiple of 32 (at most 1024).
 #include "common.cuh"
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
-/** Sum over the block in FP64; every thread gets the total. */
-__device__ __forceinline__ double block_sum_f64(double v) {
-  __shared__ double partialF64[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  v = warp_sum_f64(v);
-  __syncthreads();  // an earlier call may still be reading partialF64
-  if (lane == 0) partialF64[warp] = v;
-  __syncthreads();
-  return warp_sum_f64(lane < warps ? partialF64[lane] : 0.0);
-}
-
 template <typename T>
 __device__ __forceinline__ void sum_squares_impl(const T* __restrict__ x, i64 n, double* __restrict__ partial) {
   const i64 stride = (i64)gridDim.x * blockDim.x;

@@ -69,19 +69,24 @@ function rewriteShared(source: string): string {
   return source.replace(/extern\s+__shared__/g, 'extern').replace(/__shared__/g, 'static');
 }
 
+/** C++ that registers kernels with the runtime and calls one with an array of argument pointers. */
+export const KERNEL_CALL_PROLOGUE = [
+  '#include <cstddef>',
+  '#include <type_traits>',
+  '#include <utility>',
+  '#include <vector>',
+  'void emu_register_kernel(const char*, void (*)(void**), std::vector<std::pair<void*, size_t>>*);',
+  'template <typename... A, size_t... I> static void emu_call_impl(void (*f)(A...), void** p, std::index_sequence<I...>) {',
+  '  f(*reinterpret_cast<std::remove_reference_t<A>*>(p[I])...);',
+  '}',
+  'template <typename... A> static void emu_call(void (*f)(A...), void** p) { emu_call_impl(f, p, std::index_sequence_for<A...>{}); }',
+];
+
 function wrapper(file: string, kernels: string[], source: string): string {
   const dynamic = [...source.matchAll(/extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]/g)].map((m) => ({ type: m[1]!, name: m[2]! }));
   return [
     '#include "cuda-shim.h"',
-    '#include <cstddef>',
-    '#include <type_traits>',
-    '#include <utility>',
-    '#include <vector>',
-    'void emu_register_kernel(const char*, void (*)(void**), std::vector<std::pair<void*, size_t>>*);',
-    'template <typename... A, size_t... I> static void emu_call_impl(void (*f)(A...), void** p, std::index_sequence<I...>) {',
-    '  f(*reinterpret_cast<std::remove_reference_t<A>*>(p[I])...);',
-    '}',
-    'template <typename... A> static void emu_call(void (*f)(A...), void** p) { emu_call_impl(f, p, std::index_sequence_for<A...>{}); }',
+    ...KERNEL_CALL_PROLOGUE,
     ...dynamic.map((d) => `alignas(16) static ${d.type} ${d.name}[${DYNAMIC_SHARED_BYTES} / sizeof(${d.type})];`),
     `static std::vector<std::pair<void*, size_t>> emuDynamicShared = {${dynamic.map((d) => `{${d.name}, sizeof(${d.name})}`).join(', ')}};`,
     `#include "${file}"`,
