@@ -1,7 +1,9 @@
 // Attention kernels on the GPU against PyTorch, measured in one run on one machine:
 //   - causal training attention, BF16, B=1, T=4096, Dk=192, Dv=128 (MLA's per-head sizes), H=16 and
 //     H=128: our flash forward and backward (flash-attention.ts) against every
-//     scaled_dot_product_attention backend PyTorch runs on the shape (bench/attention_torch.py);
+//     scaled_dot_product_attention backend PyTorch runs on the shape (bench/attention_torch.py),
+//     with the default block sizes, and each block size of the forward (rows a block) and of the
+//     backward (keys a block) on its own in a table of variants;
 //   - MLA decoding over a 4096-position latent cache (C=512, R=64, H=16), B=1 and B=32: our
 //     mlaDecode against the same step in eager PyTorch.
 // Prints tables, appends a dated line to bench/RESULTS.md and prints the figures as JSON on the
@@ -16,7 +18,10 @@
 // counted), so the ratios compare times.
 
 import { CudaContext } from '../src/backend/cuda/context.js';
-import { flashAttentionBackward, flashAttentionForward, mlaDecode, mlaDecodePlan } from '../src/backend/cuda/flash-attention.js';
+import {
+  FLASH_BACKWARD_BLOCKS, FLASH_FORWARD_BLOCKS, flashAttentionBackward, flashAttentionForward, flashBackwardBlock, flashForwardBlock, mlaDecode,
+  mlaDecodePlan,
+} from '../src/backend/cuda/flash-attention.js';
 import { appendResult, gitCommit, parseFlags, printTable, runPythonJson } from './common.js';
 
 const flags = parseFlags({ integers: { iters: [20, 1] }, booleans: ['no-torch'] });
@@ -106,8 +111,19 @@ function timeGraphUsPerCall(fn: () => void, perGraph = 20): number {
 
 // ---- ours: training attention -------------------------------------------------------------------
 
+/** One block size of one pass, timed on its own. */
+interface TrainVariant {
+  pass: 'forward' | 'backward';
+  /** Query rows (forward) or keys (backward) a block. */
+  block: number;
+  isDefault: boolean;
+  ms: number;
+  tflops: number;
+}
+
 interface TrainRow {
   H: number;
+  variants?: TrainVariant[];
   fwdMs?: number;
   bwdMs?: number;
   fwdTflops?: number;
@@ -133,11 +149,21 @@ function measureTrain(H: number): TrainRow {
   const bwd = () => flashAttentionBackward(ctx, { q, k, v, out, dOut, lse, dq, dk, dv, ...dims });
   const fwdMs = timeMs(fwd);
   const bwdMs = timeMs(bwd);
+  const f = fwdFlops(H);
+  const variants: TrainVariant[] = [];
+  const fwdDefault = flashForwardBlock(ctx, dims), bwdDefault = flashBackwardBlock(ctx, dims);
+  for (const blockM of FLASH_FORWARD_BLOCKS) {
+    const ms = timeMs(() => flashAttentionForward(ctx, { q, k, v, out, lse, ...dims, blockM }));
+    variants.push({ pass: 'forward', block: blockM, isDefault: blockM === fwdDefault, ms, tflops: f / (ms * 1e9) });
+  }
+  for (const blockN of FLASH_BACKWARD_BLOCKS) {
+    const ms = timeMs(() => flashAttentionBackward(ctx, { q, k, v, out, dOut, lse, dq, dk, dv, ...dims, blockN }));
+    variants.push({ pass: 'backward', block: blockN, isDefault: blockN === bwdDefault, ms, tflops: (2.5 * f) / (ms * 1e9) });
+  }
   for (const p of [q, k, v, dOut, out, lse, dq, dk, dv]) ctx.free(p);
   ctx.synchronize();
-  const f = fwdFlops(H);
   return {
-    H, fwdMs, bwdMs,
+    H, fwdMs, bwdMs, variants,
     fwdTflops: f / (fwdMs * 1e9),
     bwdTflops: (2.5 * f) / (bwdMs * 1e9),
     totalTflops: (3.5 * f) / ((fwdMs + bwdMs) * 1e9),
@@ -248,6 +274,12 @@ for (const r of train) {
   console.log(`  torch H=${r.H} (default picks ${r.torchDefault}): ${parts.join('; ')}`);
 }
 console.log('  (ours/torch > 1×: ours is faster)');
+console.log('');
+console.log('  block sizes, each timed on its own (forward: query rows a block; backward: keys a block)');
+printTable(
+  ['H', 'pass', 'block', 'default', 'ms', 'TFLOP/s'],
+  train.flatMap((r) => (r.variants ?? []).map((v) => [String(r.H), v.pass, String(v.block), v.isDefault ? 'yes' : '', fmt(v.ms, 3), fmt(v.tflops)])),
+);
 console.log('');
 console.log(`MLA decode, one token, C=${DECODE.C} R=${DECODE.R} H=${DECODE.H} S=${DECODE.S} (cache read once per step)`);
 printTable(

@@ -2,8 +2,9 @@
 // against Hugging Face transformers' generate() on the very same weights (written as a Hugging Face
 // directory and loaded by bench/decode_torch.py), BF16, in the same run (DESIGN §10):
 //   batch 1:  generate() over the latent cache (absorbed MLA), a 128-token prompt, 128 new tokens
-//   batch 32: model.logits(next, 32, 1, { cache, lastOnly }) over a LatentCache of batch 32 (generate()
-//             is batch 1), greedy argmax on the host, the same prompt length and new tokens
+//   batch 32: a prefill of model.logits(prompts, 32, prompt, { cache, lastOnly }), then a DecodeStep of
+//             batch 32 (a captured step replayed per token, as generate() does at batch 1) over a
+//             LatentCache of batch 32, greedy argmax on the host, the same prompt length and new tokens
 // Decode tokens/s counts the tokens after the first (the first comes out of the prefill) over the time
 // after it; transformers' figure is batch · (n − 1) / (time(n new tokens) − time(1 new token)). Ours is
 // the median of --runs runs after a warm-up; transformers' the median of --torch-runs. Prints a table,
@@ -13,6 +14,7 @@
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { DecodeStep } from '../src/infer/decode-step.js';
 import { generate } from '../src/infer/generate.js';
 import { LatentCache } from '../src/infer/latent-cache.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
@@ -70,23 +72,23 @@ function argmaxRows(logits: Tensor, rows: number): Int32Array {
 function decodeBatch(batch: number, newTokens: number): { tokensPerSecond: number; tokens: number[][] } {
   const mark = backend.markAllocations();
   const cache = new LatentCache(backend, config, batch, PROMPT + newTokens);
+  const step = new DecodeStep(model, cache);
   try {
     const tokens: number[][] = Array.from({ length: batch }, () => []);
     const ids = Int32Array.from(prompts.slice(0, batch).flat());
-    let logits = model.logits(ids, batch, PROMPT, { cache, lastOnly: true });
-    let next = argmaxRows(logits, batch);
-    backend.free(logits);
+    const prefill = model.logits(ids, batch, PROMPT, { cache, lastOnly: true });
+    let next = argmaxRows(prefill, batch);
+    backend.free(prefill);
     next.forEach((t, r) => tokens[r]!.push(t));
     const t1 = performance.now();
     for (let i = 1; i < newTokens; i++) {
-      logits = model.logits(next, batch, 1, { cache, lastOnly: true });
-      next = argmaxRows(logits, batch);
-      backend.free(logits);
+      next = argmaxRows(step.run(next, cache.length), batch);
       next.forEach((t, r) => tokens[r]!.push(t));
     }
     const seconds = (performance.now() - t1) / 1000;
     return { tokensPerSecond: (batch * (newTokens - 1)) / seconds, tokens };
   } finally {
+    step.free();
     cache.free();
     backend.releaseAllocations(mark);
   }

@@ -3,7 +3,7 @@
 # $OUT/<name>.log (or runs/bench-logs/ when OUT is unset); each benchmark also appends its line to
 # bench/RESULTS.md and writes $OUT/<name>.json, and a copy of RESULTS.md lands in the log folder.
 #
-#   bash bench/gpu-all.sh                       all of them: gemm memory attention train decode
+#   bash bench/gpu-all.sh                       all of them: gemm memory attention host train decode
 #   bash bench/gpu-all.sh gemm decode           only those
 #
 # Needs Node.js and a built dist/ (npx tsc -p .). On the GPU machine:
@@ -36,7 +36,7 @@ fi
 export PYTHONUNBUFFERED=1
 
 selected=("$@")
-[[ ${#selected[@]} -eq 0 ]] && selected=(gemm memory attention train decode)
+[[ ${#selected[@]} -eq 0 ]] && selected=(gemm memory attention host train decode)
 
 failed=()
 passed=()
@@ -71,10 +71,11 @@ for name in "${selected[@]}"; do
         echo "=== attention: dist/bench/attention.js is not there (not written or not built): skipped ==="
       fi
       ;;
+    host) run host-overhead 120 node dist/bench/host-overhead.js ;;
     train) run train-step 600 node dist/bench/train-step.js ;;
     decode) run decode 540 node dist/bench/decode.js ;;
     *)
-      echo "gpu-all: unknown benchmark '${name}' (gemm, memory, attention, train, decode)" >&2
+      echo "gpu-all: unknown benchmark '${name}' (gemm, memory, attention, host, train, decode)" >&2
       failed+=("$name (unknown)")
       ;;
   esac

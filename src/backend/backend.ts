@@ -6,6 +6,10 @@
 // i32. Every op returns a fresh tensor that the caller owns and releases with `free`
 // (a no-op on the CPU, a return to the stream-ordered pool on the GPU), unless it says
 // it writes into an argument.
+//
+// Graph capture (captureGraph): the ops a decode step runs take every value that changes from
+// one step to the next from tensors (token ids, positions), never from host numbers, and none
+// of them waits for the device, so that the step can be recorded once and replayed.
 
 import type { Tensor } from '../tensor/tensor.js';
 
@@ -118,8 +122,12 @@ export interface Backend {
   /** Copy a float tensor out as FP32 (or FP64 when the backend computes in FP64). */
   download(t: Tensor): Float32Array | Float64Array;
   downloadInt(t: Tensor): Int32Array;
-  /** A zero-filled float tensor; `kind` (default 'state') picks its dtype (see TensorKind). */
-  zeros(shape: readonly number[], kind?: TensorKind): Tensor;
+  /**
+   * A zero-filled float tensor; `kind` (default 'state') picks its dtype (see TensorKind), or names
+   * one where the backend stores it (the CPU backend keeps its one float dtype: BF16 optimizer
+   * moments there are BF16-rounded values in it).
+   */
+  zeros(shape: readonly number[], kind?: TensorKind | 'bf16' | 'f32'): Tensor;
   /** A view of rows [start, start+count) of the first dimension; shares storage, not owned. */
   rows(t: Tensor, start: number, count: number): Tensor;
   /** Same storage, new shape with the same element count; shares storage, not owned. */
@@ -127,6 +135,8 @@ export interface Backend {
   free(t: Tensor): void;
   /** Overwrite a float tensor's contents with host values (same element count), in place. */
   copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void;
+  /** Overwrite an i32 tensor's contents with host values (same element count), in place. */
+  copyFromHostInt(dst: Tensor, data: Int32Array): void;
   /**
    * A mark in the allocation history. `releaseAllocations(mark)` frees every tensor allocated after
    * it that is still live: a training step runs between the two, so its temporaries never outlive it
@@ -177,12 +187,14 @@ export interface Backend {
   attention(q: Tensor, k: Tensor, v: Tensor, scale: number, qStart: number): Tensor;
   /**
    * Absorbed MLA attention over the latent cache (SPEC §2): score(i, j) = (qLat·ckv_j + qPe·kpe_j)·scale,
-   * out = Σ_j p_ij ckv_j. qLat [B, Tq, H, C], qPe [B, Tq, H, R], ckv [B, S, C], kpe [B, S, R] with
-   * S ≥ kvLen (a cache of capacity S holding kvLen tokens) → [B, Tq, H, C]. Causal as in `attention`.
+   * out = Σ_j p_ij ckv_j. qLat [B, Tq, H, C], qPe [B, Tq, H, R], ckv [B, S, C], kpe [B, S, R] (a cache
+   * of capacity S), positions [B·Tq] i32 → [B, Tq, H, C]: query token t of sequence b sits at position
+   * p = positions[b·Tq + t] < S and sees cache positions 0..p (its own included). The positions live on
+   * the device, so the work does not depend on host numbers that change from step to step.
    */
-  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, qStart: number, kvLen: number): Tensor;
-  /** Write src [B, T, C] into dst [B, S, C] at positions [start, start+T), in place. */
-  writeCache(dst: Tensor, src: Tensor, start: number): void;
+  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, positions: Tensor): Tensor;
+  /** Write src [B, T, C] into dst [B, S, C] in place: row t of sequence b to position positions[b·T + t] (positions [B·T] i32, each < S). */
+  writeCache(dst: Tensor, src: Tensor, positions: Tensor): void;
 
   // ---- mixture of experts -------------------------------------------------------------
   /** Router scores and group-limited top-k (SPEC §3): logits [N, E] (FP32), bias [E] or null. */
@@ -194,6 +206,14 @@ export interface Backend {
   moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation;
   /** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K+k]: expertOut [R, d] (a permutation's rows), weights [N, K] → [N, d]. */
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor;
+  /**
+   * The routed experts of a few tokens straight from the routing, without a permutation (whose
+   * counts reach the host) — what a captured decode step runs: x [N, d], indices [N, K] i32,
+   * weights [N, K], E experts' gate and up [I, d] and down [d, I] →
+   * y[n] = Σ_k weights[n, k] · down_e(silu(gate_e x_n) · up_e x_n), e = indices[n, k], summed over k in
+   * slot order. The same result as moePermute, the expert FFNs and moeUnpermute.
+   */
+  moeExpertsDirect(x: Tensor, indices: Tensor, weights: Tensor, gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[]): Tensor;
   /**
    * The experts' Linear layers on a padded permutation's rows, one expert per block of
    * C = x.shape[0] / E rows: y[e·C + i] = x[e·C + i] · W_eᵀ for E = weights.length, x [E·C, in],
@@ -258,13 +278,14 @@ export interface Backend {
    * one pass, with one answer to wait for instead of one per tensor.
    */
   sumSquaresMany(xs: readonly Tensor[]): number;
-  /** x *= alpha, in place. */
+  /** x *= alpha, in place; alpha = 0 writes zeros without reading x (NaN and Inf cleared too: zeroing gradients). */
   scaleInPlace(x: Tensor, alpha: number): void;
-  /** x *= alpha for every tensor, in place (gradient clipping and zeroing in one pass). */
+  /** `scaleInPlace` on every tensor in one pass (zeroing the gradients). */
   scaleInPlaceMany(xs: readonly Tensor[], alpha: number): void;
   /**
-   * One AdamW step in place: param, grad, m, v of one shape. `m` and `v` may be stored in BF16
-   * (`momentsBf16`): rounded to BF16 after each update. Weight decay is decoupled: p -= lr·wd·p.
+   * One AdamW step in place: param, grad, m, v of one shape. With `momentsBf16`, m and v are
+   * rounded to BF16 after each update, and may be stored in BF16 where the backend has it (zeros
+   * with 'bf16'): the same values. Weight decay is decoupled: p -= lr·wd·p.
    */
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void;
   /**
@@ -274,6 +295,24 @@ export interface Backend {
    */
   adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
     weightDecays: readonly number[]): void;
+
+  // ---- graphs -------------------------------------------------------------------------
+  /**
+   * Record the ops `body` enqueues, to run them again with `replay` on the same tensors (whatever
+   * they hold by then) at the cost of one launch: a CUDA graph on the GPU; on the CPU, `body` itself,
+   * called again at each replay. Capturing does not run the ops. Inside `body`: no downloads or
+   * uploads, no host numbers that change between replays, every tensor allocated freed again, and
+   * no lazy set-up (weight copies, tables) left for the first call — run the body once before.
+   */
+  captureGraph(body: () => void): CapturedGraph;
+}
+
+/** What captureGraph returns. */
+export interface CapturedGraph {
+  /** Run the recorded ops again. */
+  replay(): void;
+  /** Release the graph (not the tensors it works on). */
+  free(): void;
 }
 
 export interface AdamWHyper {
@@ -284,7 +323,13 @@ export interface AdamWHyper {
   weightDecay: number;
   /** 1-based step number, for bias correction. */
   step: number;
+  /** Round m and v to BF16 after each update (required where they are stored in BF16). */
   momentsBf16: boolean;
+  /**
+   * Every gradient is multiplied by this once, before the moments' update (in FP32 on the GPU),
+   * and not written back: the global-norm clipping coefficient. Default 1: none.
+   */
+  gradScale?: number;
 }
 
 /** The hyperparameters of an AdamW step that `adamwMany` shares between its tensors (weight decay is per tensor). */

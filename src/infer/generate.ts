@@ -1,9 +1,11 @@
 // Autoregressive generation for one sequence: a prefill over the prompt, then one token at a
-// time, over the latent cache (absorbed attention) or, without it, a full forward per token.
+// time, over the latent cache (absorbed attention) with a step captured once and replayed
+// (DecodeStep) or, without the cache, a full forward per token.
 
 import type { DeepseekV3 } from '../model/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { Random } from '../util/random.js';
+import { DecodeStep } from './decode-step.js';
 import { LatentCache } from './latent-cache.js';
 import { sampleToken, type SamplingOptions } from './sampling.js';
 
@@ -52,26 +54,32 @@ export function generate(model: DeepseekV3, prompt: number[], opts: GenerateOpti
     throw new Error(`the prompt has ${prompt.length} tokens; the model takes at most ${config.maxPositionEmbeddings} positions`);
   }
   const cache = useCache ? new LatentCache(b, config, 1, capacity) : null;
+  const step = cache ? new DecodeStep(model, cache) : null;
   const sequence = [...prompt];
   const tokens: number[] = [];
   let stoppedBy: GenerateResult['stoppedBy'] = 'max-new-tokens';
   const t0 = performance.now();
   let t1 = t0;
   try {
-    let input = prompt;
     while (tokens.length < maxNew) {
       if (sequence.length > capacity) {
         stoppedBy = 'max-positions';
         break;
       }
-      const ids = Int32Array.from(cache ? input : sequence);
-      const logits = model.logits(ids, 1, ids.length, { cache: cache ?? undefined, lastOnly: true });
-      const next = sampleToken(lastRow(model, logits), opts, rng);
-      b.free(logits);
+      let next: number;
+      if (step && tokens.length > 0) {
+        // the step's logits stay its own
+        next = sampleToken(lastRow(model, step.run(Int32Array.of(sequence[sequence.length - 1]), step.cache.length)), opts, rng);
+      } else {
+        // the prefill over the cache, or a whole forward without it
+        const ids = Int32Array.from(sequence);
+        const logits = model.logits(ids, 1, ids.length, { cache: cache ?? undefined, lastOnly: true });
+        next = sampleToken(lastRow(model, logits), opts, rng);
+        b.free(logits);
+      }
       if (tokens.length === 0) t1 = performance.now();
       tokens.push(next);
       sequence.push(next);
-      input = [next];
       opts.onToken?.(next);
       if (stop.has(next)) {
         stoppedBy = 'stop-token';
@@ -79,6 +87,7 @@ export function generate(model: DeepseekV3, prompt: number[], opts: GenerateOpti
       }
     }
   } finally {
+    step?.free();
     cache?.free();
   }
   const t2 = performance.now();

@@ -16,9 +16,11 @@ export interface ForwardContext {
   batch: number;
   /** Tokens per sequence in this block. */
   seq: number;
-  /** Absolute position of the block's first token (the number of cached tokens before it). */
-  start: number;
-  /** [batch·seq] i32: start + t for token t of each sequence. */
+  /**
+   * [batch·seq] i32: the absolute position of each token (start + t for token t of a block that
+   * follows `start` cached tokens). On the device, so that a captured decode step reads the
+   * positions of each replay from it.
+   */
   positions: Tensor;
   /** RoPE tables [maxPositions, rope/2]. */
   cos: Tensor;
@@ -210,8 +212,9 @@ export class MultiHeadLatentAttention {
   }
 
   /**
-   * x [N = B·T, d] → [N, d]: writes this block's latent into `cache` at ctx.start, then attends over
-   * cache positions [0, start+T) with W_uk absorbed into the query and W_uv into the output.
+   * x [N = B·T, d] → [N, d]: writes this block's latent into `cache` at ctx.positions, then each token
+   * attends over cache positions up to its own, with W_uk absorbed into the query and W_uv into the
+   * output.
    */
   forwardAbsorbed(b: Backend, x: Tensor, ctx: ForwardContext, cache: LatentCacheLayer): Tensor {
     const N = x.shape[0];
@@ -222,8 +225,8 @@ export class MultiHeadLatentAttention {
     const q = this.queries(b, cq, ctx);
     const { ckvRaw, kpe } = this.latent(b, x, ctx);
     const ckv = this.kvANorm.forward(b, ckvRaw);
-    b.writeCache(cache.ckv, b.reshape(ckv, [ctx.batch, ctx.seq, C]), ctx.start);
-    b.writeCache(cache.kpe, b.reshape(kpe, [ctx.batch, ctx.seq, rope]), ctx.start);
+    b.writeCache(cache.ckv, b.reshape(ckv, [ctx.batch, ctx.seq, C]), ctx.positions);
+    b.writeCache(cache.kpe, b.reshape(kpe, [ctx.batch, ctx.seq, rope]), ctx.positions);
 
     // qLat[n, h] = q_nope[n, h] · W_uk[h], W_uk[h] = rows [h(nope+v), h(nope+v)+nope) of W_kvb: [nope, C]
     const qLat = b.zeros([ctx.batch, ctx.seq, H, C], 'activation');
@@ -234,7 +237,7 @@ export class MultiHeadLatentAttention {
       c: { tensor: qLat, ld: H * C, batchStride: C },
     });
     const qPe = b.sliceCols(b.reshape(q, [N * H, qWidth]), nope, qWidth);
-    const oLat = b.mlaLatentAttention(qLat, b.reshape(qPe, [ctx.batch, ctx.seq, H, rope]), cache.ckv, cache.kpe, this.softmaxScale, ctx.start, ctx.start + ctx.seq);
+    const oLat = b.mlaLatentAttention(qLat, b.reshape(qPe, [ctx.batch, ctx.seq, H, rope]), cache.ckv, cache.kpe, this.softmaxScale, ctx.positions);
 
     // o[n, h] = oLat[n, h] · W_uv[h]ᵀ, W_uv[h] = rows [h(nope+v)+nope, (h+1)(nope+v)) of W_kvb: [v, C]
     const o = b.zeros([N, H * vDim], 'activation');

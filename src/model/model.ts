@@ -50,8 +50,12 @@ export class DeepseekV3 {
     }
   }
 
-  /** RoPE tables covering positions [0, needed), grown by doubling up to max_position_embeddings. */
-  private ropeFor(needed: number): { cos: Tensor; sin: Tensor } {
+  /**
+   * RoPE tables [P, rope/2] covering positions [0, needed), grown by doubling up to
+   * max_position_embeddings. Growing reallocates them: a captured decode step asks for its cache's
+   * capacity before capture, so that later steps find them in place.
+   */
+  ropeTablesFor(needed: number): { cos: Tensor; sin: Tensor } {
     const max = this.config.maxPositionEmbeddings;
     if (needed > max) throw new Error(`a sequence of ${needed} tokens exceeds max_position_embeddings (${max})`);
     if (needed > this.ropePositions) {
@@ -67,12 +71,12 @@ export class DeepseekV3 {
     return { cos: this.cos!, sin: this.sin! };
   }
 
-  /** The context of a block of `seq` tokens per sequence starting at absolute position `start`. */
+  /** The context of a block of `seq` tokens per sequence starting at absolute position `start` (its positions uploaded: the caller frees them). */
   context(batch: number, seq: number, start: number): ForwardContext {
-    const { cos, sin } = this.ropeFor(start + seq);
+    const { cos, sin } = this.ropeTablesFor(start + seq);
     const pos = new Int32Array(batch * seq);
     for (let i = 0; i < pos.length; i++) pos[i] = start + (i % seq);
-    return { batch, seq, start, positions: this.backend.uploadInt(pos, [batch * seq]), cos, sin };
+    return { batch, seq, positions: this.backend.uploadInt(pos, [batch * seq]), cos, sin };
   }
 
   /** Embedding rows: ids [N] (host) → [N, d]. */
@@ -93,10 +97,25 @@ export class DeepseekV3 {
       throw new Error(`latent cache of batch ${cache.batch} and capacity ${cache.capacity} cannot take ${batch}×${seq} more tokens after ${start}`);
     }
     const ctx = this.context(batch, seq, start);
-    let h = this.embed(ids);
+    const idsT = b.uploadInt(ids, [ids.length]);
+    const out = this.hiddenAt(idsT, ctx, opts);
+    b.free(idsT);
+    b.free(ctx.positions);
+    if (cache) cache.length += seq;
+    return out;
+  }
+
+  /**
+   * Final hidden states after model.norm for token ids on the device: ids [B·T] i32 → [B·T, d], at
+   * ctx.positions, over and into `opts.cache` when given (whose length the caller advances). Reads
+   * nothing from the host, so a decode step made of it can be captured into a graph.
+   */
+  hiddenAt(ids: Tensor, ctx: ForwardContext, opts: ForwardOptions = {}): Tensor {
+    const b = this.backend;
+    let h = b.embedding(this.embedTokens.value, ids);
     opts.hiddenStates?.push(h);
     this.layers.forEach((layer, l) => {
-      const next = layer.forward(b, h, ctx, { cache: cache?.layers[l], expertLoad: opts.expertLoad?.[l] });
+      const next = layer.forward(b, h, ctx, { cache: opts.cache?.layers[l], expertLoad: opts.expertLoad?.[l] });
       if (!opts.hiddenStates) b.free(h);
       h = next;
       opts.hiddenStates?.push(h);
@@ -104,8 +123,6 @@ export class DeepseekV3 {
     const out = this.norm.forward(b, h);
     if (!opts.hiddenStates) b.free(h);
     opts.hiddenStates?.push(out);
-    b.free(ctx.positions);
-    if (cache) cache.length += seq;
     return out;
   }
 

@@ -22,6 +22,16 @@ export function routerConfig(c: ModelConfig): RouterConfig {
   };
 }
 
+/**
+ * Slots (token, chosen expert) up to which an inference forward runs the routed experts straight
+ * from the routing (Backend.moeExpertsDirect) instead of permuting the rows. A decode step's few
+ * tokens give each chosen expert a row or a few: reading its weights is the whole cost either way,
+ * and the permutation's per-expert counts, downloaded to size the GEMMs (a synchronisation), would
+ * keep the step out of a CUDA graph. With more rows per expert (prefill), the grouped GEMMs on
+ * tensor cores win. 256 covers decoding 32 sequences with DeepSeek-V3's 8 experts per token.
+ */
+export const MOE_DIRECT_MAX_SLOTS = 256;
+
 /** Per-call options of a MoE forward in training. */
 export interface MoeTrainOptions {
   /** Sequences and tokens per sequence of the block (for the sequence-wise balance loss). */
@@ -85,11 +95,18 @@ export class MoE {
    * The routed experts run on the permuted rows in place: on padded expert blocks each Linear is
    * one batched GEMM for every expert (Backend.groupedLinear); on packed rows each expert's GEMMs
    * read and write its rows of tensors that hold every row. Either way the SwiGLU between them runs
-   * once for all experts.
+   * once for all experts. Inference on at most MOE_DIRECT_MAX_SLOTS slots skips the permutation
+   * (moeExpertsDirect) unless `expertLoad` asks for the counts it would bring.
    */
   forward(b: Backend, x: Tensor, expertLoad?: Float64Array, save?: (s: MoeSaved, balanceLoss: number) => void, train?: MoeTrainOptions): Tensor {
     const logits = this.gate.forward(b, x);
     const route = b.routerTopK(logits, this.bias?.value ?? null, this.router);
+    if (!save && !expertLoad && x.shape[0] * this.router.topK <= MOE_DIRECT_MAX_SLOTS) {
+      const out = b.moeExpertsDirect(x, route.indices, route.weights, this.weights('gate'), this.weights('up'), this.weights('down'));
+      for (const t of [logits, route.scores, route.indices, route.weights]) b.free(t);
+      this.addShared(b, x, out);
+      return out;
+    }
     // The balance loss needs only the routing: computing it first lets its download wait for the
     // router alone, and moePermute's download right after finds the GPU all but idle.
     const balance = save && train && train.balanceAlpha > 0 ? b.sequenceBalanceLoss(route, train.batch, train.seq, train.balanceAlpha) : null;
@@ -118,18 +135,23 @@ export class MoE {
       this.eachExpert(perm, (expert, offset, count) => expert.down.forwardInto(b, b.rows(act, offset, count), b.rows(expertOut, offset, count)));
     }
     const out = b.moeUnpermute(expertOut, perm.sourceSlot, route.weights);
-    let sharedSave: MlpSaved | null = null;
-    if (this.shared) {
-      const s = this.shared.forward(b, x, save && ((saved) => (sharedSave = saved)));
-      b.addInPlace(out, s);
-      b.free(s);
-    }
+    const sharedSave = this.addShared(b, x, out, save !== undefined);
     if (save) {
       save({ x, logits, route, perm, expertOut, experts: { gate, up, act }, shared: sharedSave, balanceGrad: balance?.dScores ?? null }, balance?.loss ?? 0);
     } else {
       for (const t of [logits, route.scores, route.indices, route.weights, perm.rows, perm.sourceSlot, gate, up, act, expertOut]) b.free(t);
     }
     return out;
+  }
+
+  /** out += the shared experts' output for x [N, d] (when there are shared experts); with `keep`, what their backward needs. */
+  private addShared(b: Backend, x: Tensor, out: Tensor, keep = false): MlpSaved | null {
+    if (!this.shared) return null;
+    let saved: MlpSaved | null = null;
+    const s = this.shared.forward(b, x, keep ? (r) => (saved = r) : undefined);
+    b.addInPlace(out, s);
+    b.free(s);
+    return saved;
   }
 
   /**

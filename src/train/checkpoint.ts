@@ -125,10 +125,8 @@ export function loadTrainerState(dir: string, b: Backend, optimizer: OptimizerSt
       for (const [param, t] of moments) {
         const name = `optimizer.${kind}.${param}`;
         if (!file.has(name)) throw new Error(`${file.path}: missing tensor "${name}"`);
-        const values = b.floatDType === 'f64' ? file.readFloat64(name) : file.readFloat32(name);
-        const loaded = b.upload(values, t.shape);
-        b.free(t);
-        moments.set(param, loaded);
+        // into the optimizer's own tensor, which keeps its dtype (BF16 moments were saved as BF16: exact)
+        b.copyFromHost(t, b.floatDType === 'f64' ? file.readFloat64(name) : file.readFloat32(name));
       }
     }
     optimizer.step = Number(file.metadata.optimizer_step ?? meta.step);

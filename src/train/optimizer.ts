@@ -1,5 +1,6 @@
 // AdamW over the model's parameters: FP32 master weights (the parameters themselves), FP32 or
-// BF16 moments, decoupled weight decay on matrices only, global-norm gradient clipping.
+// BF16 moments (stored in BF16 where the backend has it, else BF16-rounded values), decoupled
+// weight decay on matrices only, global-norm gradient clipping inside the update.
 // Router correction biases take no gradient: the balancing rule in ./expert-balance updates them.
 
 import type { Backend } from '../backend/backend.js';
@@ -33,8 +34,8 @@ export class AdamW {
   constructor(private readonly b: Backend, params: Parameter[], readonly config: AdamWConfig) {
     this.params = params.filter(isTrainable);
     for (const p of this.params) {
-      this.state.m.set(p.name, b.zeros(p.value.shape));
-      this.state.v.set(p.name, b.zeros(p.value.shape));
+      this.state.m.set(p.name, b.zeros(p.value.shape, config.momentsDtype));
+      this.state.v.set(p.name, b.zeros(p.value.shape, config.momentsDtype));
     }
   }
 
@@ -43,19 +44,24 @@ export class AdamW {
     return Math.sqrt(this.b.sumSquaresMany(this.params.map((p) => p.gradient)));
   }
 
-  /** Clip, then update every parameter with learning rate `lr`; returns the norm before clipping. */
+  /**
+   * Update every parameter with learning rate `lr` from its gradient clipped by the global norm
+   * (scaled inside the update; the gradients are left as they are); returns the norm before clipping.
+   */
   step(lr: number): number {
     const norm = this.gradNorm();
     if (!Number.isFinite(norm)) throw new Error(`gradient norm is ${norm} at step ${this.state.step + 1}: training diverged (lower --lr?)`);
     const clip = this.config.gradClip > 0 && norm > this.config.gradClip ? this.config.gradClip / norm : 1;
     this.state.step++;
-    if (clip !== 1) this.b.scaleInPlaceMany(this.params.map((p) => p.gradient), clip);
     // one pass over every parameter (one launch on the GPU); decoupled weight decay on matrices
     // only: not on norms or other vectors
     const m = this.state.m, v = this.state.v;
     this.b.adamwMany(
       this.params.map((p) => p.value), this.params.map((p) => p.gradient), this.params.map((p) => m.get(p.name)!), this.params.map((p) => v.get(p.name)!),
-      { lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, step: this.state.step, momentsBf16: this.config.momentsDtype === 'bf16' },
+      {
+        lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, step: this.state.step, momentsBf16: this.config.momentsDtype === 'bf16',
+        gradScale: clip,
+      },
       this.params.map((p) => (p.value.shape.length >= 2 ? this.config.weightDecay : 0)),
     );
     return norm;

@@ -69,3 +69,42 @@ for (const dtype of ['f32', 'f64'] as const) {
     }
   }
 }
+
+test('absorbed = naive MLA with the sequences of a batch at different positions (one restarts over its stale cache)', () => {
+  const seed = Math.floor(Math.random() * 2 ** 31);
+  const rng = new Random(seed);
+  const config = randomConfig(rng, rng.int(2) === 1, false);
+  const b = new CpuBackend('f64');
+  const mla = new MultiHeadLatentAttention(new ParameterSet(new RandomParameters(b, { seed, std: 0.3, vectors: 'random' })), 'attn', config, softmaxScale(config));
+  const model = new DeepseekV3(b, config, new ParameterSet(new RandomParameters(b, { seed: seed + 1, vectors: 'random' })));
+  const d = config.hiddenSize, ahead = 3, T1 = 5, T0 = ahead + T1;
+  const tokens = (n: number) => Float64Array.from({ length: n * d }, () => rng.normal());
+  const x0 = tokens(T0), x1 = tokens(T1);
+  const naive = (x: Float64Array, T: number) => b.download(mla.forwardNaive(b, b.upload(x, [T, d]), model.context(1, T, 0)));
+  const want = [naive(x0, T0), naive(x1, T1)];
+  const cache = new LatentCache(b, config, 2, T0 + 2).layers[0];
+  const { cos, sin } = model.ropeTablesFor(T0);
+  /** One block: rows of sequence 0 then of sequence 1 [2·len, d], at the given positions [2·len]. */
+  const block = (rows: Float64Array, positions: number[]) => {
+    const len = positions.length / 2;
+    const ctx = { batch: 2, seq: len, positions: b.uploadInt(Int32Array.from(positions), [2 * len]), cos, sin };
+    return b.download(mla.forwardAbsorbed(b, b.upload(rows, [2 * len, d]), ctx, cache));
+  };
+  // both sequences in step for `ahead` tokens; then sequence 1 starts over at position 0, in a block
+  // of two and then token by token, while sequence 0 goes on: its stale latent lies ahead of it
+  const got = [new Float64Array(T0 * d), new Float64Array(T1 * d)];
+  const first = block(new Float64Array([...x0.subarray(0, ahead * d), ...tokens(ahead)]), [0, 1, 2, 0, 1, 2]);
+  got[0].set(first.subarray(0, ahead * d));
+  for (let t = 0; t < T1; ) {
+    const len = t === 0 ? 2 : 1;
+    const p0 = Array.from({ length: len }, (_, i) => ahead + t + i), p1 = Array.from({ length: len }, (_, i) => t + i);
+    const out = block(new Float64Array([...x0.subarray((ahead + t) * d, (ahead + t + len) * d), ...x1.subarray(t * d, (t + len) * d)]), [...p0, ...p1]);
+    got[0].set(out.subarray(0, len * d), (ahead + t) * d);
+    got[1].set(out.subarray(len * d), t * d);
+    t += len;
+  }
+  for (const s of [0, 1]) {
+    const err = maxRelDiff(got[s], want[s]);
+    assert.ok(err <= 1e-12, `seed ${seed}: sequence ${s}: relative error ${err}`);
+  }
+});

@@ -1,5 +1,5 @@
 // AdamW against a scalar reference written from the formulas, BF16 moments, weight decay on
-// matrices only, clipping, and the learning-rate schedules.
+// matrices only, clipping inside the update, and the learning-rate schedules.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -8,6 +8,7 @@ import { Parameter } from '../../src/model/parameters.js';
 import { bf16BitsToFloat32, float32ToBf16Bits } from '../../src/tensor/bf16.js';
 import { AdamW } from '../../src/train/optimizer.js';
 import { learningRate } from '../../src/train/schedule.js';
+import { numel } from '../../src/tensor/tensor.js';
 import { Random } from '../../src/util/random.js';
 
 const b = new CpuBackend('f64');
@@ -46,13 +47,33 @@ test('AdamW matches the reference update; decay only on matrices; BF16 moments a
   }
 });
 
-test('global-norm clipping scales every gradient by clip / norm', () => {
-  const p = new Parameter('w', b.upload(Float64Array.of(1, 2, 3, 4), [2, 2]));
-  p.grad = b.upload(Float64Array.of(3, 0, 0, 4), [2, 2]);
-  const opt = new AdamW(b, [p], { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, gradClip: 1, momentsDtype: 'f32' });
-  assert.equal(opt.step(0), 5);
-  const g = b.download(p.grad);
-  [0.6, 0, 0, 0.8].forEach((x, i) => assert.ok(Math.abs(g[i] - x) < 1e-15, `${g[i]} vs ${x}`));
+test('global-norm clipping inside the update: the update from gradients scaled by clip / norm, the gradients left as they are', () => {
+  const rng = new Random(Math.floor(Math.random() * 2 ** 31));
+  const shapes = [[3, 5], [4]];
+  const normal = (n: number, scale: number) => Float64Array.from({ length: n }, () => rng.normal() * scale);
+  for (const momentsDtype of ['f32', 'bf16'] as const) {
+    const init = shapes.map((s) => normal(numel(s), 1));
+    const make = () => init.map((d, i) => new Parameter(`p${i}`, b.upload(d, shapes[i])));
+    const clipped = make(), reference = make();
+    const cfg = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, momentsDtype };
+    const opt = new AdamW(b, clipped, { ...cfg, gradClip: 0.5 });
+    const unclipped = new AdamW(b, reference, { ...cfg, gradClip: 0 });
+    for (let step = 1; step <= 4; step++) {
+      // gradients of norm ~4: always clipped to 0.5
+      const grads = shapes.map((s) => normal(numel(s), 1));
+      clipped.forEach((p, i) => (p.grad = b.upload(grads[i], shapes[i])));
+      reference.forEach((p, i) => (p.grad = b.upload(grads[i], shapes[i])));
+      const norm = opt.gradNorm();
+      // the reference: the gradients scaled in place, then the update without clipping
+      b.scaleInPlaceMany(reference.map((p) => p.gradient), 0.5 / norm);
+      unclipped.step(0.01 * step);
+      assert.equal(opt.step(0.01 * step), norm, 'step returns the norm before clipping');
+      clipped.forEach((p, i) => {
+        assert.deepEqual(b.download(p.value), b.download(reference[i].value), `${momentsDtype} step ${step} ${p.name}`);
+        assert.deepEqual(b.download(p.gradient), grads[i], `${momentsDtype} step ${step}: the gradient of ${p.name} is not written`);
+      });
+    }
+  }
 });
 
 test('schedules: warmup, cosine to the minimum, warmup-stable-decay', () => {

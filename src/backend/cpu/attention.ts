@@ -56,18 +56,25 @@ export function causalAttention(
 
 /**
  * Absorbed MLA attention over a latent cache (SPEC §2): qLat [B, Tq, H, C], qPe [B, Tq, H, R],
- * ckv [B, S, C], kpe [B, S, R], the first kvLen of S positions valid → out [B, Tq, H, C].
- * All heads of a batch row share the keys, so the (token, head) pairs form one [Tq·H, ·] matrix.
- * scratch holds at least Tq·H·kvLen elements.
+ * ckv [B, S, C], kpe [B, S, R], positions [B·Tq] → out [B, Tq, H, C]; token t of row b sees cache
+ * positions 0..positions[b·Tq + t] (each < S). All heads of a batch row share the keys, so the
+ * (token, head) pairs form one [Tq·H, ·] matrix. scratch holds at least Tq·H·(1 + the largest position).
  */
-export function latentAttention(
+export function latentAttentionAt(
   qLat: FloatArray, qPe: FloatArray, ckv: FloatArray, kpe: FloatArray, out: FloatArray, scratch: FloatArray,
   dims: { B: number; Tq: number; H: number; C: number; R: number; S: number },
-  scale: number, qStart: number, kvLen: number,
+  scale: number, positions: Int32Array,
 ): void {
   const { B, Tq, H, C, R, S } = dims;
   const rows = Tq * H;
   for (let b = 0; b < B; b++) {
+    const pos = positions.subarray(b * Tq, (b + 1) * Tq);
+    // the columns any row of this batch row sees
+    const kvLen = pos.reduce((m, p) => Math.max(m, p + 1), 0);
+    if (kvLen === 0) {
+      out.fill(0, b * rows * C, (b + 1) * rows * C);
+      continue;
+    }
     gemm({
       transA: false, transB: true, m: rows, n: kvLen, k: C, alpha: scale, beta: 0,
       a: qLat, aOffset: b * rows * C, lda: C,
@@ -80,7 +87,7 @@ export function latentAttention(
       b: kpe, bOffset: b * S * R, ldb: R,
       c: scratch, cOffset: 0, ldc: kvLen,
     } as Parameters<typeof gemm>[0]);
-    causalSoftmaxRows(scratch, rows, kvLen, (r) => qStart + Math.floor(r / H) + 1);
+    causalSoftmaxRows(scratch, rows, kvLen, (r) => pos[Math.floor(r / H)] + 1);
     gemm({
       transA: false, transB: false, m: rows, n: C, k: kvLen, alpha: 1, beta: 0,
       a: scratch, aOffset: 0, lda: kvLen,
@@ -88,4 +95,18 @@ export function latentAttention(
       c: out, cOffset: b * rows * C, ldc: C,
     } as Parameters<typeof gemm>[0]);
   }
+}
+
+/**
+ * latentAttentionAt for contiguous positions: token t of every row at qStart + t, seeing positions
+ * j ≤ qStart + t with j < kvLen (the reference of the MLA decode kernel's tests). scratch holds at
+ * least Tq·H·kvLen elements.
+ */
+export function latentAttention(
+  qLat: FloatArray, qPe: FloatArray, ckv: FloatArray, kpe: FloatArray, out: FloatArray, scratch: FloatArray,
+  dims: { B: number; Tq: number; H: number; C: number; R: number; S: number },
+  scale: number, qStart: number, kvLen: number,
+): void {
+  const positions = Int32Array.from({ length: dims.B * dims.Tq }, (_, i) => Math.min(qStart + (i % dims.Tq), kvLen - 1));
+  latentAttentionAt(qLat, qPe, ckv, kpe, out, scratch, dims, scale, positions);
 }

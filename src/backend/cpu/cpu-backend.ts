@@ -1,9 +1,9 @@
 // The CPU backend (DESIGN §6): FP32 or FP64 everywhere, GEMMs on all cores through
 // ./gemm (a system BLAS or our own kernel), the other ops as plain loops.
 
-import { adamwManyCount, moeCapacity, type AdamWHyper, type AdamWSharedHyper, type Backend, type GemmSpec, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
+import { adamwManyCount, moeCapacity, type AdamWHyper, type AdamWSharedHyper, type Backend, type CapturedGraph, type GemmSpec, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type Tensor } from '../../tensor/tensor.js';
-import { causalAttention, latentAttention } from './attention.js';
+import { causalAttention, latentAttentionAt } from './attention.js';
 import { CpuTensor, allocFloat, floats, ints, type FloatArray } from './cpu-tensor.js';
 import { gemm } from './gemm/index.js';
 import { routeTokens } from './router.js';
@@ -17,6 +17,16 @@ function sameShape(a: Tensor, b: Tensor, op: string): void {
 
 function lastDim(t: Tensor): number {
   return t.shape[t.shape.length - 1];
+}
+
+/** The largest of `positions` after checking that each lies in a cache of `S` positions. */
+function cachePositionsCheck(op: string, positions: Int32Array, S: number): number {
+  let last = -1;
+  for (const p of positions) {
+    if (!(p >= 0 && p < S)) throw new Error(`${op}: position ${p} outside a cache of ${S} positions`);
+    last = Math.max(last, p);
+  }
+  return last;
 }
 
 export class CpuBackend implements Backend {
@@ -52,8 +62,8 @@ export class CpuBackend implements Backend {
     return ints(t).slice();
   }
 
-  /** One dtype for every float tensor here, whatever the kind. */
-  zeros(shape: readonly number[], _kind: TensorKind = 'state'): Tensor {
+  /** One dtype for every float tensor here, whatever the kind (or dtype) asked for. */
+  zeros(shape: readonly number[], _kind: TensorKind | 'bf16' | 'f32' = 'state'): Tensor {
     return this.newFloat(shape);
   }
 
@@ -76,6 +86,12 @@ export class CpuBackend implements Backend {
   copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void {
     const d = floats(dst);
     if (d.length !== data.length) throw new Error(`copyFromHost: ${data.length} values into ${shapeString(dst.shape)}`);
+    d.set(data);
+  }
+
+  copyFromHostInt(dst: Tensor, data: Int32Array): void {
+    const d = ints(dst);
+    if (d.length !== data.length) throw new Error(`copyFromHostInt: ${data.length} values into ${shapeString(dst.shape)}`);
     d.set(data);
   }
 
@@ -240,25 +256,33 @@ export class CpuBackend implements Backend {
     return out;
   }
 
-  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, qStart: number, kvLen: number): Tensor {
+  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, positions: Tensor): Tensor {
     const [B, Tq, H, C] = qLat.shape;
     const R = lastDim(qPe);
     const S = ckv.shape[1];
-    if (kvLen > S || kpe.shape[1] !== S || lastDim(ckv) !== C || lastDim(kpe) !== R) {
-      throw new Error(`mlaLatentAttention: qLat ${shapeString(qLat.shape)}, qPe ${shapeString(qPe.shape)}, ckv ${shapeString(ckv.shape)}, kpe ${shapeString(kpe.shape)}, kvLen ${kvLen}`);
+    const pos = ints(positions);
+    if (kpe.shape[1] !== S || lastDim(ckv) !== C || lastDim(kpe) !== R || pos.length !== B * Tq) {
+      throw new Error(`mlaLatentAttention: qLat ${shapeString(qLat.shape)}, qPe ${shapeString(qPe.shape)}, ckv ${shapeString(ckv.shape)}, kpe ${shapeString(kpe.shape)}, positions ${shapeString(positions.shape)}`);
     }
+    const last = cachePositionsCheck('mlaLatentAttention', pos, S);
     const out = this.newFloat([B, Tq, H, C]);
-    const scratch = allocFloat(this.floatDType, Tq * H * kvLen);
-    latentAttention(floats(qLat), floats(qPe), floats(ckv), floats(kpe), out.data as FloatArray, scratch, { B, Tq, H, C, R, S }, scale, qStart, kvLen);
+    const scratch = allocFloat(this.floatDType, Tq * H * (last + 1));
+    latentAttentionAt(floats(qLat), floats(qPe), floats(ckv), floats(kpe), out.data as FloatArray, scratch, { B, Tq, H, C, R, S }, scale, pos);
     return out;
   }
 
-  writeCache(dst: Tensor, src: Tensor, start: number): void {
+  writeCache(dst: Tensor, src: Tensor, positions: Tensor): void {
     const [B, S, C] = dst.shape;
     const T = src.shape[1];
-    if (src.shape[0] !== B || lastDim(src) !== C || start + T > S) throw new Error(`writeCache: ${shapeString(src.shape)} at ${start} into ${shapeString(dst.shape)}`);
+    const pos = ints(positions);
+    if (src.shape[0] !== B || lastDim(src) !== C || pos.length !== B * T) {
+      throw new Error(`writeCache: src ${shapeString(src.shape)}, positions ${shapeString(positions.shape)} into ${shapeString(dst.shape)}`);
+    }
+    cachePositionsCheck('writeCache', pos, S);
     const d = floats(dst), s = floats(src);
-    for (let b = 0; b < B; b++) d.set(s.subarray(b * T * C, (b + 1) * T * C), (b * S + start) * C);
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) d.set(s.subarray((b * T + t) * C, (b * T + t + 1) * C), (b * S + pos[b * T + t]) * C);
+    }
   }
 
   // ---- mixture of experts -------------------------------------------------------------
@@ -309,6 +333,35 @@ export class CpuBackend implements Backend {
       const n = Math.floor(slot / K);
       const g = w[slot];
       for (let i = 0; i < d; i++) o[n * d + i] += g * y[r * d + i];
+    }
+    return out;
+  }
+
+  moeExpertsDirect(x: Tensor, indices: Tensor, weights: Tensor, gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[]): Tensor {
+    const [N, d] = x.shape;
+    const [, K] = weights.shape;
+    const E = gate.length;
+    const I = gate[0]?.shape[0] ?? 0;
+    const idx = ints(indices), w = floats(weights);
+    if (x.shape.length !== 2 || idx.length !== N * K || weights.shape[0] !== N || up.length !== E || down.length !== E
+      || [...gate, ...up].some((t) => t.shape[0] !== I || t.shape[1] !== d) || down.some((t) => t.shape[0] !== d || t.shape[1] !== I)) {
+      throw new Error(`moeExpertsDirect: x ${shapeString(x.shape)}, indices ${shapeString(indices.shape)}, weights ${shapeString(weights.shape)}, `
+        + `${E} gate ${shapeString(gate[0]?.shape ?? [])}, ${up.length} up ${shapeString(up[0]?.shape ?? [])}, ${down.length} down ${shapeString(down[0]?.shape ?? [])}`);
+    }
+    const out = this.newFloat([N, d]);
+    const o = out.data as FloatArray;
+    // slot by slot: the token's row through its expert as matrix-vector products, added in slot order
+    const g = this.newFloat([1, I]), u = this.newFloat([1, I]), y = this.newFloat([1, d]);
+    const ys = y.data as FloatArray;
+    for (let slot = 0; slot < N * K; slot++) {
+      const e = idx[slot];
+      if (!(e >= 0 && e < E)) throw new Error(`moeExpertsDirect: expert index ${e} outside [0, ${E})`);
+      const xn = this.rows(x, Math.floor(slot / K), 1);
+      this.gemm({ m: 1, n: I, k: d, a: { tensor: xn, ld: d }, b: { tensor: gate[e], ld: d, trans: true }, c: { tensor: g, ld: I } });
+      this.gemm({ m: 1, n: I, k: d, a: { tensor: xn, ld: d }, b: { tensor: up[e], ld: d, trans: true }, c: { tensor: u, ld: I } });
+      this.gemm({ m: 1, n: d, k: I, a: { tensor: this.swiglu(g, u), ld: I }, b: { tensor: down[e], ld: I, trans: true }, c: { tensor: y, ld: d } });
+      const n = Math.floor(slot / K);
+      for (let i = 0; i < d; i++) o[n * d + i] += w[slot] * ys[i];
     }
     return out;
   }
@@ -515,7 +568,8 @@ export class CpuBackend implements Backend {
 
   scaleInPlace(x: Tensor, alpha: number): void {
     const xs = floats(x);
-    for (let i = 0; i < xs.length; i++) xs[i] *= alpha;
+    if (alpha === 0) xs.fill(0); // zeroing clears NaN and Inf too, as the GPU kernels do
+    else for (let i = 0; i < xs.length; i++) xs[i] *= alpha;
   }
 
   scaleInPlaceMany(xs: readonly Tensor[], alpha: number): void {
@@ -531,5 +585,21 @@ export class CpuBackend implements Backend {
     weightDecays: readonly number[]): void {
     const n = adamwManyCount(params, grads, ms, vs, weightDecays);
     for (let i = 0; i < n; i++) this.adamw(params[i]!, grads[i]!, ms[i]!, vs[i]!, { ...h, weightDecay: weightDecays[i]! });
+  }
+
+  // ---- graphs -------------------------------------------------------------------------
+
+  /** Nothing to record here: a replay runs `body` again, so code written for the GPU's graphs runs the same way on the CPU. */
+  captureGraph(body: () => void): CapturedGraph {
+    let freed = false;
+    return {
+      replay: () => {
+        if (freed) throw new Error('captureGraph: replay of a freed graph');
+        body();
+      },
+      free: () => {
+        freed = true;
+      },
+    };
   }
 }

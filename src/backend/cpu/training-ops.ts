@@ -146,14 +146,16 @@ export function crossEntropy(logits: FloatArray, targets: Int32Array, M: number,
 
 const toBf16 = (x: number) => bf16BitsToFloat32(float32ToBf16Bits(x));
 
-/** AdamW in place on arrays of one length, with torch's order: decay, then the Adam update. */
+/** AdamW in place on arrays of one length, with torch's order: decay, then the Adam update with the gradient g·gradScale. */
 export function adamw(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray, h: AdamWHyper): void {
   const c1 = 1 - Math.pow(h.beta1, h.step);
   const c2 = 1 - Math.pow(h.beta2, h.step);
   const decay = 1 - h.lr * h.weightDecay;
+  const gradScale = h.gradScale ?? 1;
   for (let i = 0; i < p.length; i++) {
-    let mi = h.beta1 * m[i] + (1 - h.beta1) * g[i];
-    let vi = h.beta2 * v[i] + (1 - h.beta2) * g[i] * g[i];
+    const gi = g[i] * gradScale;
+    let mi = h.beta1 * m[i] + (1 - h.beta1) * gi;
+    let vi = h.beta2 * v[i] + (1 - h.beta2) * gi * gi;
     if (h.momentsBf16) {
       mi = toBf16(mi);
       vi = toBf16(vi);

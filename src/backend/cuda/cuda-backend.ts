@@ -19,9 +19,10 @@
 // cast into a temporary freed after the op). `zeros(shape, 'activation')` makes a tensor in
 // floatDType, for activation gradients that the model assembles in place, so that they need no
 // conversion. GEMM operands are converted to floatDType; an FP32 upload used as a BF16 operand
-// keeps a BF16 copy, which an op writing the tensor (AdamW, copyFromHost, …) marks out of date
-// and the next use refreshes — every out-of-date copy at once, in one launch — so a weight is
-// cast once per optimizer step, not per GEMM, and its copy is allocated once.
+// keeps a BF16 copy, which an op writing the tensor (copyFromHost, scaleInPlace, …) marks out of
+// date and the next use refreshes — every out-of-date copy at once, in one launch — so a weight is
+// cast once per write, not per GEMM, and its copy is allocated once. AdamW writes an up-to-date
+// copy's new values itself, beside the weight's (optimizer.cu): an optimizer step needs no cast.
 //
 // Allocations. Every tensor the backend allocates gets an increasing serial number and stays in
 // the live set until freed; `markAllocations` returns the last serial and `releaseAllocations(mark)`
@@ -30,7 +31,7 @@
 // tensor already freed (by `free` or by `releaseAllocations`), does nothing, so code that frees
 // its handles stays correct inside an allocation scope.
 
-import { adamwManyCount, type AdamWHyper, type AdamWSharedHyper, type Backend, type GemmSpec, type MatrixRef, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
+import { adamwManyCount, type AdamWHyper, type AdamWSharedHyper, type Backend, type CapturedGraph, type GemmSpec, type MatrixRef, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type ComputeDType, type Tensor } from '../../tensor/tensor.js';
 import { CudaContext } from './context.js';
 import { BlockCache, cachingContext } from './block-cache.js';
@@ -112,11 +113,13 @@ export interface CudaBackendOptions {
 
 /**
  * MoE layers on the GPU run their routed experts on padded blocks — the largest count rounded up
- * to 64 rows, for every expert — when that at most doubles the rows: each GEMM launch costs the
+ * to 64 rows, for every expert — when that at most quadruples the rows: each GEMM launch costs the
  * host tens of microseconds while an expert's GEMM is a few microseconds of GPU work, so one
- * batched GEMM for all experts pays for the padding rows well before that.
+ * batched GEMM for all experts pays for the padding rows well before that. (At a ratio of 2, the
+ * `small` preset's freshly initialised routers, whose busiest expert gets 2–2.5× the mean, sent
+ * about 5 of 11 layers to a GEMM per expert: 1,400 more GEMM calls per training step, H200.)
  */
-export const DEFAULT_MOE_PADDING: MoePadding = { blockRows: 64, maxRatio: 2 };
+export const DEFAULT_MOE_PADDING: MoePadding = { blockRows: 64, maxRatio: 4 };
 
 function dev(t: Tensor, what: string): CudaTensor {
   if (!(t instanceof CudaTensor)) throw new Error(`${what}: not a CUDA tensor`);
@@ -191,6 +194,14 @@ export class CudaBackend implements Backend {
   private readonly attentionLse = new WeakMap<CudaTensor, CudaTensor>();
   /** Tensors whose BF16 copy is out of date (bf16Stale), refreshed together at the next use of any. */
   private readonly staleCopies = new Set<CudaTensor>();
+  /**
+   * moeExpertsDirect's device tables of expert weight addresses, by the first gate weight: built
+   * on first use (an upload, so never during graph capture), freed with that weight.
+   */
+  private readonly expertTables = new Map<CudaTensor, { weights: CudaTensor[]; ptr: number }>();
+  /** [slotOrderLength] i32 holding 0, 1, 2, …: moeExpertsDirect's rows are already in slot order. */
+  private slotOrder = 0;
+  private slotOrderLength = 0;
 
   constructor(ctx: CudaContext = CudaContext.create(0), options: CudaBackendOptions = {}) {
     this.ctx = ctx;
@@ -424,7 +435,18 @@ export class CudaBackend implements Backend {
     t.freed = true;
     this.live.delete(t.serial);
     this.dropCopy(t);
+    const table = this.expertTables.get(t);
+    if (table) {
+      this.expertTables.delete(t);
+      this.gpu.free(table.ptr);
+    }
     this.gpu.free(t.ptr);
+  }
+
+  copyFromHostInt(dst: Tensor, data: Int32Array): void {
+    const d = int32(dev(dst, 'copyFromHostInt'), 'copyFromHostInt');
+    if (data.length !== d.numel) throw new Error(`copyFromHostInt: ${data.length} values into ${shapeString(d.shape)}`);
+    this.gpu.copyToDevice(d.ptr, data);
   }
 
   copyFromHost(dst: Tensor, data: Float32Array | Float64Array): void {
@@ -675,15 +697,20 @@ export class CudaBackend implements Backend {
     return this.useFlash && this.floatDType === 'bf16' && Dk % 8 === 0 && Dv % 8 === 0 && Dk <= 256 && Dv <= 256 && tensors.every((t) => t.ptr % 16 === 0);
   }
 
-  /** Runs in the dtype of the cache (ckv), the other inputs converted to it; the result is converted to floatDType. */
-  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, qStart: number, kvLen: number): Tensor {
+  /**
+   * Runs in the dtype of the cache (ckv), the other inputs converted to it; the result is converted
+   * to floatDType. The kernels are sized for the cache's capacity S, not for the positions (which
+   * only the device knows): blocks past a row's position find nothing to do.
+   */
+  mlaLatentAttention(qLat: Tensor, qPe: Tensor, ckv: Tensor, kpe: Tensor, scale: number, positions: Tensor): Tensor {
     const ql0 = dev(qLat, 'mla qLat'), qp0 = dev(qPe, 'mla qPe'), c = dev(ckv, 'mla ckv'), kp0 = dev(kpe, 'mla kpe');
+    const p = int32(dev(positions, 'mla positions'), 'mla positions');
     const [B, Tq, H, C] = ql0.shape as [number, number, number, number];
     const R = lastDim(qp0);
     const S = c.shape[1]!;
     if (ql0.shape.length !== 4 || qp0.shape.length !== 4 || c.shape.length !== 3 || kp0.shape.length !== 3 || qp0.shape[0] !== B || qp0.shape[1] !== Tq
-      || qp0.shape[2] !== H || c.shape[0] !== B || lastDim(c) !== C || kp0.shape[0] !== B || kp0.shape[1] !== S || lastDim(kp0) !== R || kvLen > S) {
-      throw new Error(`mlaLatentAttention: qLat ${shapeString(ql0.shape)}, qPe ${shapeString(qp0.shape)}, ckv ${shapeString(c.shape)}, kpe ${shapeString(kp0.shape)}, kvLen ${kvLen}`);
+      || qp0.shape[2] !== H || c.shape[0] !== B || lastDim(c) !== C || kp0.shape[0] !== B || kp0.shape[1] !== S || lastDim(kp0) !== R || p.numel !== B * Tq) {
+      throw new Error(`mlaLatentAttention: qLat ${shapeString(ql0.shape)}, qPe ${shapeString(qp0.shape)}, ckv ${shapeString(c.shape)}, kpe ${shapeString(kp0.shape)}, positions ${shapeString(p.shape)}`);
     }
     const kind = floatKind(c, 'mla ckv');
     const out = this.empty([B, Tq, H, C]);
@@ -695,9 +722,9 @@ export class CudaBackend implements Backend {
         temps.push(res);
       }
       if (this.useFlash && kind === 'bf16' && C % 16 === 0 && R % 8 === 0 && [ql, qp, c, kp].every((t) => t.ptr % 16 === 0) && res % 16 === 0) {
-        mlaDecode(this.gpu, { qLat: ql.ptr, qPe: qp.ptr, ckv: c.ptr, kpe: kp.ptr, out: res, B, Tq, H, C, R, S, kvLen, scale, qStart });
+        mlaDecode(this.gpu, { qLat: ql.ptr, qPe: qp.ptr, ckv: c.ptr, kpe: kp.ptr, out: res, B, Tq, H, C, R, S, kvLen: S, positions: p.ptr, qStart: 0, scale });
       } else {
-        ops.attention(this.gpu, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: kvLen, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, qStart);
+        ops.attention(this.gpu, kind, ql.ptr, qp.ptr, c.ptr, kp.ptr, c.ptr, res, { B, Tq, Tk: S, S, H, Hk: 1, D1: C, D2: R, Dv: C }, scale, 0, p.ptr);
       }
       if (res !== out.ptr) {
         if (kind === 'f32') ops.castF32ToBf16(this.gpu, res, out.ptr, out.numel);
@@ -707,17 +734,17 @@ export class CudaBackend implements Backend {
     return out;
   }
 
-  writeCache(dst: Tensor, src: Tensor, start: number): void {
-    const d = dev(dst, 'writeCache dst'), s0 = dev(src, 'writeCache src');
+  /** A position outside [0, S) leaves its row out (only the device knows the positions). */
+  writeCache(dst: Tensor, src: Tensor, positions: Tensor): void {
+    const d = dev(dst, 'writeCache dst'), s0 = dev(src, 'writeCache src'), p = int32(dev(positions, 'writeCache positions'), 'writeCache positions');
     const [B, S, C] = d.shape as [number, number, number];
     const T = s0.shape[1]!;
-    if (d.shape.length !== 3 || s0.shape.length !== 3 || s0.shape[0] !== B || lastDim(s0) !== C || start < 0 || start + T > S) {
-      throw new Error(`writeCache: ${shapeString(s0.shape)} at ${start} into ${shapeString(d.shape)}`);
+    if (d.shape.length !== 3 || s0.shape.length !== 3 || s0.shape[0] !== B || lastDim(s0) !== C || p.numel !== B * T) {
+      throw new Error(`writeCache: src ${shapeString(s0.shape)}, positions ${shapeString(p.shape)} into ${shapeString(d.shape)}`);
     }
     const kind = floatKind(d, 'writeCache dst');
-    const e = DTYPE_BYTES[d.dtype];
     this.written(d);
-    this.withTemps((temps) => ops.copy2d(this.gpu, e, this.as(s0, kind, temps).ptr, C, T * C, d.ptr + start * C * e, C, S * C, T, C, B));
+    this.withTemps((temps) => ops.cacheWrite(this.gpu, DTYPE_BYTES[d.dtype], this.as(s0, kind, temps).ptr, p.ptr, d.ptr, B, T, S, C));
   }
 
   // ---- mixture of experts -------------------------------------------------------------
@@ -759,6 +786,59 @@ export class CudaBackend implements Backend {
       ops.moeUnpermute(this.gpu, this.floatDType, floatKind(w, 'moeUnpermute weights'), this.act(y0, temps).ptr, s.ptr, w.ptr, out.ptr, N, K, d, s.numel);
     });
     return out;
+  }
+
+  /**
+   * Reads the expert weights as they are stored (BF16, or FP32 master weights, which BF16 mode
+   * rounds to BF16 as it reads them: no copies to keep up to date); x in floatDType, the gating
+   * weights FP32 or floatDType.
+   */
+  moeExpertsDirect(x: Tensor, indices: Tensor, weights: Tensor, gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[]): Tensor {
+    const x0 = dev(x, 'moeExpertsDirect x'), it = int32(dev(indices, 'moeExpertsDirect indices'), 'moeExpertsDirect indices');
+    const w0 = dev(weights, 'moeExpertsDirect weights');
+    const g = this.groupWeights(gate, 'moeExpertsDirect gate'), u = this.groupWeights(up, 'moeExpertsDirect up'), dn = this.groupWeights(down, 'moeExpertsDirect down');
+    const [N, d] = x0.shape as [number, number];
+    const [, K] = w0.shape as [number, number];
+    const E = g.ws.length, I = g.out;
+    const wType = floatKind(g.ws[0]!, 'moeExpertsDirect weights');
+    if (x0.shape.length !== 2 || w0.shape.length !== 2 || w0.shape[0] !== N || it.numel !== N * K || g.inp !== d || u.ws.length !== E || u.out !== I
+      || u.inp !== d || dn.ws.length !== E || dn.out !== d || dn.inp !== I || ![g, u, dn].every((p) => p.ws.every((w) => w.dtype === wType))) {
+      throw new Error(`moeExpertsDirect: x ${shapeString(x0.shape)}, indices ${shapeString(it.shape)}, weights ${shapeString(w0.shape)}, `
+        + `${E} gate ${shapeString(g.ws[0]!.shape)}, ${u.ws.length} up ${shapeString(u.ws[0]!.shape)}, ${dn.ws.length} down ${shapeString(dn.ws[0]!.shape)} (one dtype)`);
+    }
+    if (this.floatDType === 'f32' && wType !== 'f32') throw new Error(`moeExpertsDirect: ${wType} expert weights in FP32 mode`);
+    const table = this.expertTable([...g.ws, ...u.ws, ...dn.ws]);
+    const slotOrder = this.slotOrderFor(N * K);
+    const out = this.empty([N, d]);
+    this.withTemps((temps) => {
+      // BF16 rows take FP32 or BF16 gating weights; FP32 rows take FP32 ones.
+      const wg = this.floatDType === 'f32' ? this.as(w0, 'f32', temps) : w0;
+      ops.moeExpertsDirect(this.gpu, this.floatDType, wType, floatKind(wg, 'moeExpertsDirect weights'), this.act(x0, temps).ptr, it.ptr, wg.ptr,
+        { gate: table, up: table + 8 * E, down: table + 16 * E }, slotOrder, out.ptr, N, K, E, d, I);
+    });
+    return out;
+  }
+
+  /** The device table of the addresses of `ws` (u64 each), made on first use and kept while its first tensor lives. */
+  private expertTable(ws: CudaTensor[]): number {
+    const cached = this.expertTables.get(ws[0]!);
+    if (cached && cached.weights.length === ws.length && cached.weights.every((w, i) => w === ws[i])) return cached.ptr;
+    if (this.gpu.isCapturing) throw new Error('moeExpertsDirect: the table of the experts\' weight addresses is uploaded on first use, which graph capture cannot record: run the captured work once before');
+    if (cached) this.gpu.free(cached.ptr);
+    const ptr = this.gpu.alloc(8 * ws.length);
+    this.gpu.copyToDevice(ptr, BigUint64Array.from(ws, (w) => BigInt(w.ptr)));
+    this.expertTables.set(ws[0]!, { weights: ws, ptr });
+    return ptr;
+  }
+
+  /** The device array 0, 1, 2, … of at least `n` slots (grown outside graph capture only). */
+  private slotOrderFor(n: number): number {
+    if (n <= this.slotOrderLength) return this.slotOrder;
+    if (this.gpu.isCapturing) throw new Error(`moeExpertsDirect: ${n} slots, more than any call before graph capture (${this.slotOrderLength}): run the captured work once before`);
+    this.gpu.free(this.slotOrder);
+    this.slotOrderLength = Math.max(n, 256);
+    this.slotOrder = this.gpu.upload(Int32Array.from({ length: this.slotOrderLength }, (_, i) => i));
+    return this.slotOrder;
   }
 
   /** The weights of a grouped Linear: E distinct tensors of one shape [out, in]. */
@@ -1092,29 +1172,52 @@ export class CudaBackend implements Backend {
     ops.scaleMany(this.gpu, entries, alpha);
   }
 
-  /** param, m and v must be FP32 (master weights and moments); a BF16 grad is converted. */
+  /** The dtype of AdamW's moments m and v (one for both): FP32, or BF16 where the step rounds them to BF16 anyway. */
+  private adamwMoments(m: CudaTensor, v: CudaTensor, momentsBf16: boolean, what: string): FloatKind {
+    const kind = floatKind(m, `${what} m`);
+    if (v.dtype !== kind) throw new Error(`${what}: m is ${m.dtype} but v ${v.dtype}`);
+    if (kind === 'bf16' && !momentsBf16) throw new Error(`${what}: BF16 moments need momentsBf16 (rounding to BF16)`);
+    return kind;
+  }
+
+  /**
+   * Where an AdamW kernel writes bf16(p) beside FP32 `p`: the address of p's elements in its root's
+   * BF16 copy, which then stays up to date (no cast at its next use). 0, with p marked written as
+   * by any op, where there is no up-to-date copy to keep so (the next use refreshes a stale one
+   * whole) or during graph capture (a replay could write into a copy freed since).
+   */
+  private updatedCopy(p: CudaTensor): number {
+    const root = p.root;
+    if (root.bf16Copy === 0 || root.bf16Stale || this.gpu.isCapturing) {
+      this.written(p);
+      return 0;
+    }
+    return root.bf16Copy + (p.ptr - root.ptr) / 2; // BF16 elements take half the bytes of FP32 ones
+  }
+
+  /** param must be FP32 (master weights), m and v FP32 or BF16 (see adamwMoments); a BF16 grad is converted. */
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
     const p = dev(param, 'adamw param'), g0 = dev(grad, 'adamw grad'), mt = dev(m, 'adamw m'), vt = dev(v, 'adamw v');
     if (!sameShape(p, g0) || !sameShape(p, mt) || !sameShape(p, vt)) {
       throw new Error(`adamw: param ${shapeString(p.shape)}, grad ${shapeString(g0.shape)}, m ${shapeString(mt.shape)}, v ${shapeString(vt.shape)}`);
     }
-    for (const [t, what] of [[p, 'param'], [mt, 'm'], [vt, 'v']] as const) {
-      if (t.dtype !== 'f32') throw new Error(`adamw: ${what} must be FP32 (master weights and moments), got ${t.dtype}`);
-    }
-    this.written(p);
-    this.withTemps((temps) => ops.adamw(this.gpu, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, p.numel, h));
+    if (p.dtype !== 'f32') throw new Error(`adamw: param must be FP32 (master weights), got ${p.dtype}`);
+    const moments = this.adamwMoments(mt, vt, h.momentsBf16, 'adamw');
+    const copy = this.updatedCopy(p);
+    this.withTemps((temps) => ops.adamw(this.gpu, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, moments, copy, p.numel, h));
   }
 
   /**
-   * `adamw` on every tensor in one launch (adamw_many): param, m and v FP32 as there; a BF16
-   * gradient is read as it is (no conversion). The params and moments must not overlap one another
-   * (each is written once) nor any gradient.
+   * `adamw` on every tensor in one launch (adamw_many): param FP32 and moments FP32 or BF16 as
+   * there; a BF16 gradient is read as it is (no conversion). The params and moments must not
+   * overlap one another (each is written once) nor any gradient.
    */
   adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
     weightDecays: readonly number[]): void {
     const n = adamwManyCount(params, grads, ms, vs, weightDecays);
     const tensors: ops.AdamWTensor[] = [];
     const storage: { t: CudaTensor; written: boolean }[] = [];
+    const ps: CudaTensor[] = [], moments: CudaTensor[] = [];
     const roles = ['param', 'm', 'v', 'grad'] as const;
     for (let i = 0; i < n; i++) {
       const p = dev(params[i]!, `adamwMany param ${i}`), g0 = dev(grads[i]!, `adamwMany grad ${i}`);
@@ -1122,26 +1225,70 @@ export class CudaBackend implements Backend {
       if (!sameShape(p, g0) || !sameShape(p, mt) || !sameShape(p, vt)) {
         throw new Error(`adamwMany: tensor ${i}: param ${shapeString(p.shape)}, grad ${shapeString(g0.shape)}, m ${shapeString(mt.shape)}, v ${shapeString(vt.shape)}`);
       }
-      for (const [t, what] of [[p, 'param'], [mt, 'm'], [vt, 'v']] as const) {
-        if (t.dtype !== 'f32') throw new Error(`adamwMany: tensor ${i}: ${what} must be FP32 (master weights and moments), got ${t.dtype}`);
-      }
+      if (p.dtype !== 'f32') throw new Error(`adamwMany: tensor ${i}: param must be FP32 (master weights), got ${p.dtype}`);
+      const momentType = this.adamwMoments(mt, vt, h.momentsBf16, `adamwMany: tensor ${i}`);
       const weightDecay = weightDecays[i]!;
       if (!Number.isFinite(weightDecay)) throw new Error(`adamwMany: tensor ${i}: weight decay ${weightDecay}`);
-      tensors.push({ p: p.ptr, g: g0.ptr, gradType: floatKind(g0, `adamwMany grad ${i}`), m: mt.ptr, v: vt.ptr, n: p.numel, weightDecay });
+      tensors.push({ p: p.ptr, g: g0.ptr, gradType: floatKind(g0, `adamwMany grad ${i}`), m: mt.ptr, v: vt.ptr, momentType, copy: 0, n: p.numel, weightDecay });
       storage.push({ t: p, written: true }, { t: mt, written: true }, { t: vt, written: true }, { t: g0, written: false });
+      ps.push(p);
+      moments.push(mt, vt);
     }
     const overlap = writeOverlap(storage);
     if (overlap) {
       const [a, b] = overlap.map((k) => `${roles[k % 4]} ${Math.floor(k / 4)}`);
       throw new Error(`adamwMany: ${a} and ${b} overlap`);
     }
-    for (const s of storage) if (s.written) this.written(s.t);
+    for (const t of moments) this.written(t);
+    ps.forEach((p, i) => (tensors[i]!.copy = this.updatedCopy(p)));
     ops.adamwMany(this.gpu, tensors, h);
+  }
+
+  // ---- graphs -------------------------------------------------------------------------
+
+  /**
+   * A CUDA graph of the stream work `body` enqueues (CudaContext.capture). Memory it allocates comes
+   * from the stream-ordered pool as graph allocations (the block cache stands aside); every tensor
+   * it allocates must be freed inside it, or a second replay would find that memory taken. Inside,
+   * BF16 copies of FP32 weights are made in temporaries rather than kept (as()), and an op that
+   * would upload a table it has not made yet, or wait for the device, throws.
+   */
+  captureGraph(body: () => void): CapturedGraph {
+    const mark = this.lastSerial;
+    const graph = this.ctx.capture(() => {
+      body();
+      const left: CudaTensor[] = [];
+      for (const [serial, t] of this.live) if (serial > mark) left.push(t);
+      if (left.length > 0) {
+        // the capture is abandoned: its allocations never come to exist
+        for (const t of left) {
+          t.freed = true;
+          this.live.delete(t.serial);
+        }
+        throw new Error(`captureGraph: the captured work left ${left.length} tensor(s) allocated (${left.slice(0, 4).map((t) => shapeString(t.shape)).join(', ')}); it must free what it allocates`);
+      }
+    });
+    let freed = false;
+    return {
+      replay: () => {
+        if (freed) throw new Error('captureGraph: replay of a freed graph');
+        graph.launch();
+      },
+      free: () => {
+        if (!freed) graph.destroy();
+        freed = true;
+      },
+    };
   }
 
   /** Free every live tensor and the cached memory, release the GEMM plans and the context. */
   dispose(): void {
     for (const t of [...this.live.values()]) this.free(t);
+    for (const table of this.expertTables.values()) this.gpu.free(table.ptr);
+    this.expertTables.clear();
+    this.gpu.free(this.slotOrder);
+    this.slotOrder = 0;
+    this.slotOrderLength = 0;
     this.blocks.flush();
     this.ctx.synchronize();
     this.matmul.dispose();

@@ -19,10 +19,22 @@ import type { KernelArgType } from './launch.js';
 
 const P: KernelArgType = 'ptr', I: KernelArgType = 'i32', F: KernelArgType = 'f32', L: KernelArgType = 'i64';
 
-/** Query rows (forward) / query and key rows (backward) per block, and positions per decode tile. */
-export const FLASH_BLOCK_M = 64;
-export const FLASH_BLOCK_N = 64;
+/** Keys per K/V tile of the forward and queries per tile of the backward; positions per decode tile. */
+export const FLASH_TILE = 64;
 export const MLA_BLOCK_N = 64;
+/**
+ * Query rows per block of the forward (FA_BM): 128 (8 warps) reads each K/V tile for twice the rows;
+ * 64 (4 warps, two blocks an SM) makes twice the blocks for short sequences.
+ */
+export type FlashForwardBlock = 64 | 128;
+/**
+ * Keys per block of the backward (FAB_BN): 2·BN/16 warps, one block an SM. More keys a block divide
+ * the dQ atomics and the Q, dO reloads (once per key block and query tile) at the same registers per
+ * warp, with fewer registers per thread allowed: 96 and 128 take head sizes with Dk + Dv ≤ 320 only.
+ */
+export type FlashBackwardBlock = 64 | 96 | 128;
+export const FLASH_FORWARD_BLOCKS: readonly FlashForwardBlock[] = [128, 64];
+export const FLASH_BACKWARD_BLOCKS: readonly FlashBackwardBlock[] = [128, 96, 64];
 /** The largest head size (Dk or Dv) the attention kernels take. */
 export const FLASH_MAX_HEAD_DIM = 256;
 
@@ -36,8 +48,8 @@ export const FLASH_KERNELS = {
   flash_attn_bwd: { file: 'flash-attention-backward.cu', args: [P, P, P, P, P, P, P, P, P, I, I, I, I, I, I, F, I] },
   // src, dst; n
   flash_attn_bwd_dq_convert: { file: 'flash-attention-backward.cu', args: [P, P, L] },
-  // qLat, qPe, ckv, kpe, out, oPart, lsePart; Tq, H, S, kvLen, qStart, tilesPerSplit; scale
-  mla_decode: { file: 'mla-decode.cu', args: [P, P, P, P, P, P, P, I, I, I, I, I, I, F] },
+  // qLat, qPe, ckv, kpe, positions, out, oPart, lsePart; Tq, H, S, kvLen, qStart, tilesPerSplit; scale
+  mla_decode: { file: 'mla-decode.cu', args: [P, P, P, P, P, P, P, P, I, I, I, I, I, I, F] },
   // oPart, lsePart, out; splits, rowsTotal, C
   mla_decode_combine: { file: 'mla-decode.cu', args: [P, P, P, I, I, I] },
 } as const satisfies Record<string, { file: string; args: readonly KernelArgType[] }>;
@@ -88,7 +100,7 @@ function checkAttentionShape(op: string, a: AttentionShape): void {
   checkHeadDim(op, 'Dk', a.Dk);
   checkHeadDim(op, 'Dv', a.Dv);
   if (!(a.scale > 0 && Number.isFinite(a.scale))) throw new Error(`${op}: scale ${a.scale} (must be positive)`);
-  if (a.B > 65535 || a.H > 65535) throw new Error(`${op}: B = ${a.B}, H = ${a.H} (at most 65535 each)`);
+  if (a.B * a.H > 2 ** 31 - 1) throw new Error(`${op}: B·H = ${a.B * a.H} (below 2^31)`);
 }
 
 /** Raise the function's dynamic shared memory limit once (per function and size). */
@@ -105,9 +117,14 @@ function prepareShared(ctx: CudaContext, op: string, fn: KernelFunction, bytes: 
 
 // ---- forward ------------------------------------------------------------------------------------
 
-/** Dynamic shared memory of flash_attn_fwd for padded head sizes (see fa::SHARED_BYTES). */
-export function flashForwardSharedBytes(dkPad: number, dvPad: number): number {
-  return (FLASH_BLOCK_M * (dkPad + 8) + 2 * FLASH_BLOCK_N * (dkPad + 8) + 2 * FLASH_BLOCK_N * (dvPad + 8)) * 2;
+/** Dynamic shared memory of flash_attn_fwd for padded head sizes and `blockM` rows (see fa::SHARED_BYTES). */
+export function flashForwardSharedBytes(dkPad: number, dvPad: number, blockM: FlashForwardBlock): number {
+  return (blockM * (dkPad + 8) + 2 * FLASH_TILE * (dkPad + 8) + 2 * FLASH_TILE * (dvPad + 8)) * 2;
+}
+
+/** Blocks a grid column may hold (gridDim.y). */
+function checkGridRows(op: string, what: string, blocks: number): void {
+  if (blocks > 65535) throw new Error(`${op}: ${blocks} blocks of ${what} (at most 65535)`);
 }
 
 export interface FlashAttentionForwardArgs extends AttentionShape {
@@ -123,6 +140,17 @@ export interface FlashAttentionForwardArgs extends AttentionShape {
   lse: number;
   /** Sequence length of the k and v tensors (default Tk). */
   kvCapacity?: number;
+  /** Query rows per block (default: 128 when that still gives every SM a block, else 64). */
+  blockM?: FlashForwardBlock;
+}
+
+/** The forward's rows per block: `a.blockM` if given, else 128 when B·H·⌈Tq/128⌉ blocks cover the SMs. */
+export function flashForwardBlock(ctx: Pick<CudaContext, 'smCount'>, a: Pick<FlashAttentionForwardArgs, 'B' | 'H' | 'Tq' | 'blockM'>): FlashForwardBlock {
+  if (a.blockM !== undefined) {
+    if (!FLASH_FORWARD_BLOCKS.includes(a.blockM)) throw new Error(`flashAttentionForward: blockM ${String(a.blockM)} (one of ${FLASH_FORWARD_BLOCKS.join(', ')})`);
+    return a.blockM;
+  }
+  return a.B * a.H * Math.ceil(a.Tq / 128) >= ctx.smCount ? 128 : 64;
 }
 
 /** Causal attention forward: out = softmax(scale · q kᵀ, causal) v, and the row log-sum-exp. */
@@ -133,25 +161,48 @@ export function flashAttentionForward(ctx: CudaContext, a: FlashAttentionForward
   checkAttentionShape(op, a);
   checkCount(`${op}: kvCapacity`, Skv);
   if (Skv < Tk) throw new Error(`${op}: ${Tk} keys in tensors of ${Skv} positions`);
+  const blockM = flashForwardBlock(ctx, a);
   if (B === 0 || Tq === 0 || H === 0) return;
   for (const [name, p] of [['q', a.q], ['out', a.out]] as const) checkPointer(op, name, p, 16);
   if (Tk > 0) for (const [name, p] of [['k', a.k], ['v', a.v]] as const) checkPointer(op, name, p, 16);
   if (a.lse !== 0) checkPointer(op, 'lse', a.lse, 4);
+  const rowBlocks = Math.ceil(Tq / blockM);
+  checkGridRows(op, `${blockM} queries`, rowBlocks);
   const dkPad = roundUp(Dk, 16), dvPad = roundUp(Dv, 16);
-  const fn = flashKernel(ctx, 'flash_attn_fwd', { FA_DK: dkPad, FA_DV: dvPad });
-  const shared = flashForwardSharedBytes(dkPad, dvPad);
+  const fn = flashKernel(ctx, 'flash_attn_fwd', { FA_DK: dkPad, FA_DV: dvPad, FA_BM: blockM });
+  const shared = flashForwardSharedBytes(dkPad, dvPad, blockM);
   prepareShared(ctx, op, fn, shared);
-  fn.launch(ctx.stream, [Math.ceil(Tq / FLASH_BLOCK_M), H, B], 128, shared, [a.q, a.k, a.v, a.out, a.lse, Tq, Tk, Skv, H, Dk, Dv, scale, qStart]);
+  // x = b·H + h, y = the query block (the kernel takes the last first).
+  fn.launch(ctx.stream, [B * H, rowBlocks], 2 * blockM, shared, [a.q, a.k, a.v, a.out, a.lse, Tq, Tk, Skv, H, Dk, Dv, scale, qStart]);
 }
 
 // ---- backward -----------------------------------------------------------------------------------
 
-/** Dynamic shared memory of flash_attn_bwd for padded head sizes (see fab::SHARED_BYTES). */
-export function flashBackwardSharedBytes(dkPad: number, dvPad: number): number {
-  const M = FLASH_BLOCK_M, N = FLASH_BLOCK_N;
+/** Dynamic shared memory of flash_attn_bwd for padded head sizes and `blockN` keys (see fab::SHARED_BYTES). */
+export function flashBackwardSharedBytes(dkPad: number, dvPad: number, blockN: FlashBackwardBlock): number {
+  const M = FLASH_TILE, N = blockN;
   const queryTile = M * (dkPad + 8) * 2 + M * (dvPad + 8) * 2 + 2 * M * 4; // Q, dO, lse, D
   const keys = N * (dkPad + 8) * 2 + N * (dvPad + 8) * 2;                   // K, V
   return 2 * queryTile + keys + 2 * N * (M + 8) * 2;                        // two query tiles, Pᵀ, dSᵀ
+}
+
+/**
+ * The backward's padded head sizes for `blockN` keys a block: Dv to a multiple of 32, Dk to a
+ * multiple of 32 that splits into BN/32 dQ column parts of whole 16-column steps (fab::DKQ).
+ */
+export function flashBackwardPadding(Dk: number, Dv: number, blockN: FlashBackwardBlock): { dkPad: number; dvPad: number } {
+  const part = (16 * blockN) / 32;
+  return { dkPad: roundUp(Dk, (32 * part) / gcd(32, part)), dvPad: roundUp(Dv, 32) };
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+/** Whether the backward takes `blockN` keys a block for these head sizes (registers: Dk + Dv ≤ 320 beyond 64 keys). */
+export function flashBackwardBlockFits(Dk: number, Dv: number, blockN: FlashBackwardBlock): boolean {
+  const { dkPad, dvPad } = flashBackwardPadding(Dk, Dv, blockN);
+  return blockN === 64 || dkPad + dvPad <= 320;
 }
 
 export interface FlashAttentionBackwardArgs extends AttentionShape {
@@ -171,6 +222,19 @@ export interface FlashAttentionBackwardArgs extends AttentionShape {
   dv: number;
   /** Storage of dq, dk, dv: 'bf16' (default) or 'f32'. */
   gradType?: 'bf16' | 'f32';
+  /** Keys per block (default: 128 where the head sizes allow it and B·H·⌈Tk/128⌉ blocks cover the SMs, else 64). */
+  blockN?: FlashBackwardBlock;
+}
+
+/** The backward's keys per block: `a.blockN` if given (an error where the head sizes don't allow it), else the default above. */
+export function flashBackwardBlock(ctx: Pick<CudaContext, 'smCount'>, a: Pick<FlashAttentionBackwardArgs, 'B' | 'H' | 'Tk' | 'Dk' | 'Dv' | 'blockN'>): FlashBackwardBlock {
+  const op = 'flashAttentionBackward';
+  if (a.blockN !== undefined) {
+    if (!FLASH_BACKWARD_BLOCKS.includes(a.blockN)) throw new Error(`${op}: blockN ${String(a.blockN)} (one of ${FLASH_BACKWARD_BLOCKS.join(', ')})`);
+    if (!flashBackwardBlockFits(a.Dk, a.Dv, a.blockN)) throw new Error(`${op}: blockN ${a.blockN} takes Dk + Dv ≤ 320 (padded), not Dk = ${a.Dk}, Dv = ${a.Dv}`);
+    return a.blockN;
+  }
+  return flashBackwardBlockFits(a.Dk, a.Dv, 128) && a.B * a.H * Math.ceil(a.Tk / 128) >= ctx.smCount ? 128 : 64;
 }
 
 /**
@@ -185,6 +249,7 @@ export function flashAttentionBackward(ctx: CudaContext, a: FlashAttentionBackwa
   const gradType = a.gradType ?? 'bf16';
   checkAttentionShape(op, a);
   if (gradType !== 'bf16' && gradType !== 'f32') throw new Error(`${op}: gradType ${String(gradType)}`);
+  const blockN = flashBackwardBlock(ctx, a);
   const rows = B * Tq * H;
   checkCount(`${op}: B·Tq·H`, rows);
   if (B === 0 || H === 0 || (Tq === 0 && Tk === 0)) return;
@@ -204,11 +269,13 @@ export function flashAttentionBackward(ctx: CudaContext, a: FlashAttentionBackwa
     ctx.memset8(a.dq, 0, dqElems * gradBytes);
     return;
   }
-  const dkPad = roundUp(Dk, 32), dvPad = roundUp(Dv, 32);
-  const defines = { FAB_DK: dkPad, FAB_DV: dvPad };
+  const keyBlocks = Math.ceil(Tk / blockN);
+  checkGridRows(op, `${blockN} keys`, keyBlocks);
+  const { dkPad, dvPad } = flashBackwardPadding(Dk, Dv, blockN);
+  const defines = { FAB_DK: dkPad, FAB_DV: dvPad, FAB_BN: blockN };
   const dot = flashKernel(ctx, 'flash_attn_bwd_dot', defines);
   const main = flashKernel(ctx, 'flash_attn_bwd', defines);
-  const shared = flashBackwardSharedBytes(dkPad, dvPad);
+  const shared = flashBackwardSharedBytes(dkPad, dvPad, blockN);
   prepareShared(ctx, op, main, shared);
 
   const dsum = ctx.alloc(4 * Math.max(1, B * H * Tq));
@@ -218,7 +285,8 @@ export function flashAttentionBackward(ctx: CudaContext, a: FlashAttentionBackwa
       dot.launch(ctx.stream, Math.ceil(rows / 8), 256, 0, [a.out, a.dOut, dsum, rows, Tq, H, Dv]);
       ctx.memset32(dqAcc, 0, dqElems);
     }
-    main.launch(ctx.stream, [Math.ceil(Tk / FLASH_BLOCK_N), H, B], 256, shared, [
+    // x = b·H + h, y = the key block (block 0, the most query tiles, first for every head).
+    main.launch(ctx.stream, [B * H, keyBlocks], (2 * blockN / 16) * 32, shared, [
       a.q, a.k, a.v, a.dOut, a.lse, dsum, dqAcc, a.dk, a.dv, gradType === 'f32' ? 1 : 0, Tq, Tk, H, Dk, Dv, scale, qStart,
     ]);
     if (gradType === 'bf16' && dqElems > 0) {
@@ -257,9 +325,14 @@ export interface MlaDecodeArgs {
   R: number;
   /** Cache capacity (positions per batch row); the first kvLen are valid. */
   S: number;
+  /** Positions that may be valid: what the split plan covers (S when `positions` decides on the device). */
   kvLen: number;
   scale: number;
-  /** Token t sits at position qStart + t and sees positions j ≤ qStart + t, j < kvLen. */
+  /**
+   * [B·Tq] i32 (device): token t of batch row b sits at positions[b·Tq + t]; or 0, and token t sits
+   * at qStart + t. It sees positions j up to its own, j < kvLen.
+   */
+  positions?: number;
   qStart: number;
   /** Split the positions over this many blocks per row group (default: enough to fill the GPU). */
   splits?: number;
@@ -275,11 +348,12 @@ export interface MlaDecodePlan {
 }
 
 /** How mlaDecode divides the work (exported for tests and benchmarks). */
-export function mlaDecodePlan(ctx: CudaContext, a: Pick<MlaDecodeArgs, 'B' | 'Tq' | 'H' | 'C' | 'R' | 'kvLen' | 'qStart' | 'splits'>): MlaDecodePlan {
+export function mlaDecodePlan(ctx: CudaContext, a: Pick<MlaDecodeArgs, 'B' | 'Tq' | 'H' | 'C' | 'R' | 'kvLen' | 'qStart' | 'positions' | 'splits'>): MlaDecodePlan {
   const rows = a.Tq * a.H;
   const mt = rows <= 16 ? 1 : 2;
   const rowBlocks = Math.ceil(rows / (16 * mt));
-  const visible = Math.max(0, Math.min(a.kvLen, a.qStart + a.Tq));
+  // positions on the device: the plan covers all kvLen, the same at every position (graph capture)
+  const visible = a.positions ? a.kvLen : Math.max(0, Math.min(a.kvLen, a.qStart + a.Tq));
   const tiles = Math.ceil(visible / MLA_BLOCK_N);
   let splits: number;
   if (a.splits !== undefined) {
@@ -320,6 +394,8 @@ export function mlaDecode(ctx: CudaContext, a: MlaDecodeArgs): void {
     checkPointer(op, 'qPe', a.qPe, 16);
     if (kvLen > 0) checkPointer(op, 'kpe', a.kpe, 16);
   }
+  const positions = a.positions ?? 0;
+  if (positions !== 0) checkPointer(op, 'positions', positions, 4);
   const plan = mlaDecodePlan(ctx, a);
   const defines = { MLA_C: C, MLA_R: R, MLA_MT: plan.mt };
   const fn = flashKernel(ctx, 'mla_decode', defines);
@@ -328,14 +404,14 @@ export function mlaDecode(ctx: CudaContext, a: MlaDecodeArgs): void {
   // qPe / kpe are never read when R = 0: pass a valid address anyway.
   const qPe = R > 0 ? a.qPe : a.qLat, kpe = R > 0 ? a.kpe : a.ckv;
   if (plan.splits === 1) {
-    fn.launch(ctx.stream, grid, 256, plan.sharedBytes, [a.qLat, qPe, a.ckv, kpe, a.out, 0, 0, Tq, H, S, kvLen, qStart, plan.tilesPerSplit, scale]);
+    fn.launch(ctx.stream, grid, 256, plan.sharedBytes, [a.qLat, qPe, a.ckv, kpe, positions, a.out, 0, 0, Tq, H, S, kvLen, qStart, plan.tilesPerSplit, scale]);
     return;
   }
   const total = B * rows;
   const oPart = ctx.alloc(4 * plan.splits * total * C);
   const lsePart = ctx.alloc(4 * plan.splits * total);
   try {
-    fn.launch(ctx.stream, grid, 256, plan.sharedBytes, [a.qLat, qPe, a.ckv, kpe, a.out, oPart, lsePart, Tq, H, S, kvLen, qStart, plan.tilesPerSplit, scale]);
+    fn.launch(ctx.stream, grid, 256, plan.sharedBytes, [a.qLat, qPe, a.ckv, kpe, positions, a.out, oPart, lsePart, Tq, H, S, kvLen, qStart, plan.tilesPerSplit, scale]);
     flashKernel(ctx, 'mla_decode_combine', defines).launch(ctx.stream, total, Math.min(256, roundUp(C, 32)), 0, [oPart, lsePart, a.out, plan.splits, total, C]);
   } finally {
     ctx.free(oPart);

@@ -13,13 +13,17 @@ export interface KernelSpec {
 
 const P = 'ptr', I = 'i32', F = 'f32', L = 'i64';
 
-// q1, q2, k1, k2, v, out; B, Tq, Tk, S, H, Hk, D1, D2, Dv; scale; qStart
-const ATTENTION: KernelSpec = { file: 'attention.cu', args: [P, P, P, P, P, P, I, I, I, I, I, I, I, I, I, F, I] };
+// q1, q2, k1, k2, v, out; B, Tq, Tk, S, H, Hk, D1, D2, Dv; scale; qStart; positions
+const ATTENTION: KernelSpec = { file: 'attention.cu', args: [P, P, P, P, P, P, I, I, I, I, I, I, I, I, I, F, I, P] };
 const ROUTER: KernelSpec = { file: 'router.cu', args: [P, P, P, P, P, I, I, I, I, I, I, I, I, I, F] };
 // q, k, v, out, dOut, dq, dk, dv; B, Tq, Tk, H, Dk, Dv; scale; qStart
 const ATTENTION_BWD: KernelSpec = { file: 'attention-backward.cu', args: [P, P, P, P, P, P, P, P, I, I, I, I, I, I, F, I] };
 // scores, indices, dWeights, dScores, dLogits; N, E, K, normTopk, softmaxScoring; scaling
 const ROUTER_BWD: KernelSpec = { file: 'router-backward.cu', args: [P, P, P, P, P, I, I, I, I, I, F] };
+// x, indices, gateTable, upTable, act; slots, K, E, I, d, rowsPerBlock
+const MOE_DIRECT_UP: KernelSpec = { file: 'moe-decode.cu', args: [P, P, P, P, P, I, I, I, I, I, I] };
+// act, indices, downTable, out; slots, E, d, I, rowsPerBlock
+const MOE_DIRECT_DOWN: KernelSpec = { file: 'moe-decode.cu', args: [P, P, P, P, I, I, I, I, I] };
 
 export const KERNELS = {
   add_bf16: { file: 'elementwise.cu', args: [P, P, P, L] },
@@ -37,8 +41,7 @@ export const KERNELS = {
   rope_bf16: { file: 'rope.cu', args: [P, P, P, P, P, I, I, I, I, I, I, F] },
   rope_bf16_f32tab: { file: 'rope.cu', args: [P, P, P, P, P, I, I, I, I, I, I, F] },
   rope_f32: { file: 'rope.cu', args: [P, P, P, P, P, I, I, I, I, I, I, F] },
-  copy_2d_b16: { file: 'columns.cu', args: [P, L, L, P, L, L, I, I] },
-  copy_2d_b32: { file: 'columns.cu', args: [P, L, L, P, L, L, I, I] },
+  copy_2d: { file: 'columns.cu', args: [P, L, L, P, L, L, L, L, L, I] },
   router_topk_f32_f32: ROUTER,
   router_topk_f32_bf16: ROUTER,
   router_topk_bf16_f32: ROUTER,
@@ -53,6 +56,14 @@ export const KERNELS = {
   moe_combine_f32_f32w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
   attention_fwd_bf16: ATTENTION,
   attention_fwd_f32: ATTENTION,
+  cache_write_b16: { file: 'attention.cu', args: [P, P, P, I, I, I, I] },
+  cache_write_b32: { file: 'attention.cu', args: [P, P, P, I, I, I, I] },
+  moe_direct_up_bf16_bf16w: MOE_DIRECT_UP,
+  moe_direct_up_bf16_f32w: MOE_DIRECT_UP,
+  moe_direct_up_f32_f32w: MOE_DIRECT_UP,
+  moe_direct_down_bf16_bf16w: MOE_DIRECT_DOWN,
+  moe_direct_down_bf16_f32w: MOE_DIRECT_DOWN,
+  moe_direct_down_f32_f32w: MOE_DIRECT_DOWN,
 
   // training: mixed-type forward variants, backward passes, losses, reductions, optimizer
   rmsnorm_bf16_f32w: { file: 'rmsnorm.cu', args: [P, P, P, I, I, F] },
@@ -83,16 +94,18 @@ export const KERNELS = {
   moe_permute_bwd_f32: { file: 'moe-backward.cu', args: [P, P, P, I, I, I] },
   router_bwd_bf16: ROUTER_BWD,
   router_bwd_f32: ROUTER_BWD,
-  sequence_balance_loss: { file: 'router-backward.cu', args: [P, P, P, P, I, I, I, I, F] },
+  balance_counts: { file: 'router-backward.cu', args: [P, P, I, I, I] },
+  sequence_balance_loss: { file: 'router-backward.cu', args: [P, P, P, P, I, I, I, I, I, F] },
   cross_entropy_bf16: { file: 'loss.cu', args: [P, P, P, P, I, I, F] },
   cross_entropy_f32: { file: 'loss.cu', args: [P, P, P, P, I, I, F] },
   sum_squares_bf16: { file: 'reduce.cu', args: [P, L, P] },
   sum_squares_f32: { file: 'reduce.cu', args: [P, L, P] },
   sum_f64: { file: 'reduce.cu', args: [P, I, P] },
   sum_rows_f32_to_f64: { file: 'reduce.cu', args: [P, I, L, P] },
-  adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, L, F, F, F, F, F, F, F, F, F, I] },
-  // table (8 words per tensor), tensors, chunks, chunkElems; lr, β1, β2, 1 − β1, 1 − β2, c1, c2, eps; momentsBf16
-  adamw_many: { file: 'optimizer.cu', args: [P, I, I, L, F, F, F, F, F, F, F, F, I] },
+  // p, g, m, v, BF16 copy of p (0: none), n; lr, β1, β2, 1 − β1, 1 − β2, c1, c2, decay, eps, gradScale; momentsBf16, moment type
+  adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, P, L, F, F, F, F, F, F, F, F, F, F, I, I] },
+  // table (10 words per tensor), tensors, chunks, chunkElems; lr, β1, β2, 1 − β1, 1 − β2, c1, c2, eps, gradScale; momentsBf16
+  adamw_many: { file: 'optimizer.cu', args: [P, I, I, L, F, F, F, F, F, F, F, F, F, I] },
   // table, tensors, chunks, chunkElems (see multi-tensor.cu)
   sum_squares_many: { file: 'multi-tensor.cu', args: [P, I, I, L, P] },
   scale_many: { file: 'multi-tensor.cu', args: [P, I, I, L, F] },

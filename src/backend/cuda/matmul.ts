@@ -25,6 +25,7 @@ import {
 } from './ffi/cublaslt.js';
 import type { CudaContext } from './context.js';
 import { candidateCount, fastestAlgo, heuristicResults, usableAlgos } from './autotune.js';
+import { GemmProfile } from './gemm-profile.js';
 
 export type GemmDType = 'bf16' | 'f32';
 
@@ -90,7 +91,12 @@ export class CublasLtMatmul {
   private readonly alpha = new Float32Array(1);
   private readonly beta = new Float32Array(1);
 
-  constructor(private readonly ctx: CudaContext) {}
+  /** Per-problem GEMM times (DSV3_GEMM_PROFILE=1), reported at dispose. */
+  private readonly profile: GemmProfile | null;
+
+  constructor(private readonly ctx: CudaContext) {
+    this.profile = GemmProfile.fromEnvironment(ctx);
+  }
 
   /**
    * C = alpha·op(A)·op(B) + beta·C on the context's stream (device pointers a, b, c). A problem
@@ -117,7 +123,9 @@ export class CublasLtMatmul {
       }
       this.plans.set(key, plan);
     }
-    let status = this.launch(plan, a, b, c);
+    let status = this.profile
+      ? this.profile.time(describe(g), 2 * g.m * g.n * g.k * (g.batch ?? 1), () => this.launch(plan!, a, b, c))
+      : this.launch(plan, a, b, c);
     if (status !== 0 && plan.shared) {
       // the class's algorithm does not fit this problem: choose one for this problem
       plan.algo = this.chooseAlgo(plan, g, a, b, c);
@@ -241,6 +249,7 @@ export class CublasLtMatmul {
 
   /** Release every descriptor and layout. */
   dispose(): void {
+    this.profile?.report();
     this.clearPlans();
     const lt = cublasLt();
     for (const d of this.descs.values()) lt.cublasLtMatmulDescDestroy(d);

@@ -98,10 +98,13 @@ export function rope(ctx: CudaContext, t: FloatKind, tables: FloatKind, x: numbe
 export function copy2d(ctx: CudaContext, elemBytes: number, src: number, srcLd: number, srcBatch: number, dst: number, dstLd: number, dstBatch: number,
   rows: number, cols: number, batches = 1): void {
   if (rows === 0 || cols === 0 || batches === 0) return;
-  if (batches > 65535) throw new Error(`copy2d: ${batches} batches (at most 65535)`);
-  const name = elemBytes === 2 ? 'copy_2d_b16' : elemBytes === 4 ? 'copy_2d_b32' : undefined;
-  if (!name) throw new Error(`copy2d: ${elemBytes}-byte elements`);
-  kernel(ctx, name).launch(ctx.stream, [Math.min(rows, 65535), batches], rowThreads(cols, 1, 256), 0, [src, srcLd, srcBatch, dst, dstLd, dstBatch, rows, cols]);
+  if (elemBytes !== 2 && elemBytes !== 4) throw new Error(`copy2d: ${elemBytes}-byte elements`);
+  const e = elemBytes;
+  const byteValues = [src, dst, srcLd * e, dstLd * e, cols * e, ...(batches > 1 ? [srcBatch * e, dstBatch * e] : [])];
+  const wordBytes = [16, 8, 4, 2].find((w) => byteValues.every((v) => v % w === 0))!;
+  const words = (batches * rows * cols * e) / wordBytes;
+  kernel(ctx, 'copy_2d').launch(ctx.stream, gridFor(ctx, words, 1), BLOCK, 0,
+    [src, srcLd * e, srcBatch * e, dst, dstLd * e, dstBatch * e, rows, batches, cols * e, wordBytes]);
 }
 
 /** Router top-k (router.cu): logits [N, E] → scores [N, E] f32, indices [N, K] i32, weights [N, K] f32. */
@@ -207,9 +210,13 @@ export interface AttentionShape {
   Dv: number;
 }
 
-/** Causal attention (attention.cu): score = (q1·k1 + q2·k2)·scale, out = Σ p v; pass q2 = k2 = 0 when D2 = 0. */
+/**
+ * Causal attention (attention.cu): score = (q1·k1 + q2·k2)·scale, out = Σ p v; pass q2 = k2 = 0 when
+ * D2 = 0. Query i of batch row b sits at positions[b·Tq + i] (positions [B·Tq] i32 on the device),
+ * or at qStart + i when positions is 0.
+ */
 export function attention(ctx: CudaContext, t: FloatKind, q1: number, q2: number, k1: number, k2: number, v: number, out: number, s: AttentionShape,
-  scale: number, qStart: number): void {
+  scale: number, qStart: number, positions = 0): void {
   if (s.Dv > 512) throw new Error(`attention: value width ${s.Dv} (the kernel handles at most 512)`);
   if (s.Tk > s.S) throw new Error(`attention: ${s.Tk} keys in a cache of ${s.S}`);
   if (s.Hk !== 1 && s.Hk !== s.H) throw new Error(`attention: ${s.Hk} key heads for ${s.H} query heads (must be 1 or equal)`);
@@ -222,7 +229,69 @@ export function attention(ctx: CudaContext, t: FloatKind, q1: number, q2: number
     if (shared > ctx.maxSharedMemoryPerBlockOptin) throw new Error(`attention: key width ${s.D1 + s.D2} needs ${shared} bytes of shared memory`);
     fn.setMaxDynamicSharedBytes(shared);
   }
-  fn.launch(ctx.stream, Math.ceil(rows / warps), warps * 32, shared, [q1, q2, k1, k2, v, out, s.B, s.Tq, s.Tk, s.S, s.H, s.Hk, s.D1, s.D2, s.Dv, scale, qStart]);
+  fn.launch(ctx.stream, Math.ceil(rows / warps), warps * 32, shared, [q1, q2, k1, k2, v, out, s.B, s.Tq, s.Tk, s.S, s.H, s.Hk, s.D1, s.D2, s.Dv, scale, qStart, positions]);
+}
+
+/**
+ * The latent cache's writes (attention.cu): row t of batch row b of src [B, T, C] to row
+ * positions[b·T + t] of dst [B, S, C] (positions [B·T] i32 on the device; one outside [0, S) is
+ * left out), moving raw `elemBytes`-byte words.
+ */
+export function cacheWrite(ctx: CudaContext, elemBytes: number, src: number, positions: number, dst: number, B: number, T: number, S: number, C: number): void {
+  const rows = B * T;
+  if (rows === 0 || C === 0) return;
+  const name = elemBytes === 2 ? 'cache_write_b16' : elemBytes === 4 ? 'cache_write_b32' : undefined;
+  if (!name) throw new Error(`cacheWrite: ${elemBytes}-byte elements`);
+  kernel(ctx, name).launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), rowThreads(C, 16 / elemBytes, 256), 0, [src, positions, dst, rows, T, S, C]);
+}
+
+/** Device tables of the E experts' weight addresses, one per projection (u64 each). */
+export interface ExpertTables {
+  gate: number;
+  up: number;
+  down: number;
+}
+
+/** Output rows per block of the moe_direct kernels: two per warp, so that a few experts' rows still spread over the GPU. */
+const MOE_DIRECT_ROWS_PER_BLOCK = 16;
+
+/**
+ * The routed experts of N tokens straight from the routing (moe-decode.cu, then moe_combine):
+ * x [N, d] (type t), indices [N, K] i32, gating weights [N, K] (type gatingType), the E experts'
+ * gate and up [I, d] and down [d, I] (type expertType, addressed through `tables`) →
+ * y [N, d] (type t) = Σ_k weights[n, k] · down(silu(gate x_n) · up x_n), summed in slot order.
+ * `slotOrder` holds 0, 1, 2, … (at least N·K of them): the slots' rows are already in slot order.
+ */
+export function moeExpertsDirect(ctx: CudaContext, t: FloatKind, expertType: FloatKind, gatingType: FloatKind, x: number, indices: number, weights: number,
+  tables: ExpertTables, slotOrder: number, y: number, N: number, K: number, E: number, d: number, I: number): void {
+  const slots = N * K;
+  if (slots === 0 || d === 0) return;
+  const shared = 4 * (E + slots);
+  if (shared > 48 * 1024) throw new Error(`moeExpertsDirect: ${E} experts and ${slots} slots need ${shared} bytes of shared memory (at most 48 KiB)`);
+  let variant: 'bf16_bf16w' | 'bf16_f32w' | 'f32_f32w';
+  if (t === 'f32') {
+    if (expertType !== 'f32') throw new Error('moeExpertsDirect: f32 activations need f32 expert weights');
+    variant = 'f32_f32w';
+  } else {
+    variant = expertType === 'bf16' ? 'bf16_bf16w' : 'bf16_f32w';
+  }
+  const act = ctx.alloc(FLOAT_BYTES[t] * slots * I);
+  const out = ctx.alloc(FLOAT_BYTES[t] * slots * d);
+  try {
+    // rows of a slot whose expert index is out of range are never written: let them add nothing
+    ctx.memset8(out, 0, FLOAT_BYTES[t] * slots * d);
+    const experts = Math.min(E, slots);
+    if (I > 0) {
+      kernel(ctx, `moe_direct_up_${variant}` as const).launch(ctx.stream, [experts, Math.ceil(I / MOE_DIRECT_ROWS_PER_BLOCK)], 256, shared,
+        [x, indices, tables.gate, tables.up, act, slots, K, E, I, d, MOE_DIRECT_ROWS_PER_BLOCK]);
+      kernel(ctx, `moe_direct_down_${variant}` as const).launch(ctx.stream, [experts, Math.ceil(d / MOE_DIRECT_ROWS_PER_BLOCK)], 256, shared,
+        [act, indices, tables.down, out, slots, E, d, I, MOE_DIRECT_ROWS_PER_BLOCK]);
+    }
+    moeUnpermute(ctx, t, gatingType, out, slotOrder, weights, y, N, K, d);
+  } finally {
+    ctx.free(act);
+    ctx.free(out);
+  }
 }
 
 // ---- training: backward passes, losses, optimizer ------------------------------------
@@ -239,7 +308,7 @@ export function embeddingF32ToBf16(ctx: CudaContext, table: number, ids: number,
   kernel(ctx, 'embedding_f32_to_bf16').launch(ctx.stream, Math.min(n, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [table, ids, y, n, d, vocab]);
 }
 
-/** x *= alpha over n elements, in place. */
+/** x *= alpha over n elements, in place (alpha = 0 writes zeros without reading x). */
 export function scale(ctx: CudaContext, t: FloatKind, x: number, alpha: number, n: number): void {
   if (n === 0) return;
   kernel(ctx, t === 'bf16' ? 'scale_bf16' : 'scale_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [x, alpha, n]);
@@ -389,12 +458,19 @@ export function sequenceBalanceLoss(ctx: CudaContext, scores: number, indices: n
   alpha: number): number {
   if (E > 8192) throw new Error(`sequenceBalanceLoss: ${E} experts (at most 8192)`);
   if (batch === 0 || seq === 0) return 0;
-  const lossPerSeq = ctx.alloc(4 * batch);
+  const tokensPerBlock = 64;
+  const blocksPerSeq = Math.ceil(seq / tokensPerBlock);
+  const counts = ctx.alloc(4 * batch * E), lossPart = ctx.alloc(4 * batch * blocksPerSeq);
   try {
-    kernel(ctx, 'sequence_balance_loss').launch(ctx.stream, batch, 256, 4 * E, [scores, indices, dScores, lossPerSeq, batch, seq, E, K, alpha]);
-    return sumRows(ctx, lossPerSeq, 1, batch)[0]!;
+    ctx.memset8(counts, 0, 4 * batch * E);
+    const countBlocks = Math.min(Math.ceil((seq * K) / 1024), 64);
+    kernel(ctx, 'balance_counts').launch(ctx.stream, [countBlocks, batch], 256, 4 * E, [indices, counts, seq, E, K]);
+    kernel(ctx, 'sequence_balance_loss').launch(ctx.stream, [blocksPerSeq, batch], 256, 4 * E,
+      [scores, counts, dScores, lossPart, batch, seq, E, K, tokensPerBlock, alpha]);
+    return sumRows(ctx, lossPart, batch, blocksPerSeq).reduce((a, b) => a + b, 0);
   } finally {
-    ctx.free(lossPerSeq);
+    ctx.free(counts);
+    ctx.free(lossPart);
   }
 }
 
@@ -507,7 +583,10 @@ export function sumSquaresMany(ctx: CudaContext, entries: readonly MultiTensorEn
   }
 }
 
-/** x *= alpha in place over every tensor (entries' extra: 1 BF16, 0 FP32); the tensors must not overlap. */
+/**
+ * x *= alpha in place over every tensor (entries' extra: 1 BF16, 0 FP32; alpha = 0 writes zeros
+ * without reading x); the tensors must not overlap.
+ */
 export function scaleMany(ctx: CudaContext, entries: readonly MultiTensorEntry[], alpha: number): void {
   const { table, tensors, chunks } = multiTensorTable(ctx, entries);
   if (chunks === 0) return;
@@ -550,28 +629,35 @@ function adamwDecay(lr: number, weightDecay: number): number {
   return 1 - lr * weightDecay;
 }
 
-/** AdamW in place on n FP32 elements: param p, gradient g, moments m and v (optimizer.cu). */
-export function adamw(ctx: CudaContext, p: number, g: number, m: number, v: number, n: number, h: AdamWHyper): void {
+/**
+ * AdamW in place on n elements (optimizer.cu): FP32 param p and gradient g, moments m and v of type
+ * `moments`, and p's BF16 copy written beside p unless `copy` is 0.
+ */
+export function adamw(ctx: CudaContext, p: number, g: number, m: number, v: number, moments: FloatKind, copy: number, n: number, h: AdamWHyper): void {
   if (n === 0) return;
   const f = adamwFactors(h);
   kernel(ctx, 'adamw_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [
-    p, g, m, v, n, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, adamwDecay(h.lr, h.weightDecay), h.eps, h.momentsBf16 ? 1 : 0,
+    p, g, m, v, copy, n, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, adamwDecay(h.lr, h.weightDecay), h.eps, h.gradScale ?? 1,
+    h.momentsBf16 ? 1 : 0, moments === 'bf16' ? 1 : 0,
   ]);
 }
 
-/** One tensor of adamwMany: FP32 param p and moments m, v, a gradient g of either type, n elements each. */
+/** One tensor of adamwMany: FP32 param p, a gradient g and moments m, v of either type, n elements each. */
 export interface AdamWTensor {
   p: number;
   g: number;
   gradType: FloatKind;
   m: number;
   v: number;
+  momentType: FloatKind;
+  /** The address of p's BF16 copy, which the kernel writes beside p, or 0 for none. */
+  copy: number;
   n: number;
   /** This tensor's decoupled weight decay. */
   weightDecay: number;
 }
 
-/** Elements per chunk of adamw_many: 28 bytes each, so a chunk moves about 0.9 MB. */
+/** Elements per chunk of adamw_many: up to 30 bytes each, so a chunk moves up to about 1 MB. */
 export const ADAMW_CHUNK = 1 << 15;
 
 const f32Bits = new Float32Array(1);
@@ -589,14 +675,15 @@ function float32Bits(x: number): number {
  */
 export function adamwMany(ctx: CudaContext, tensors: readonly AdamWTensor[], h: AdamWSharedHyper): void {
   const entries = tensors.map((t): MultiTensorEntry => ({
-    ptr: t.p, n: t.n, extra: t.g, more: [t.m, t.v, float32Bits(adamwDecay(h.lr, t.weightDecay)), t.gradType === 'bf16' ? 1 : 0],
+    ptr: t.p, n: t.n, extra: t.g,
+    more: [t.m, t.v, float32Bits(adamwDecay(h.lr, t.weightDecay)), t.gradType === 'bf16' ? 1 : 0, t.momentType === 'bf16' ? 1 : 0, t.copy],
   }));
-  const { table, tensors: count, chunks } = multiTensorTable(ctx, entries, ADAMW_CHUNK, 8);
+  const { table, tensors: count, chunks } = multiTensorTable(ctx, entries, ADAMW_CHUNK, 10);
   if (chunks === 0) return;
   const f = adamwFactors(h);
   try {
     kernel(ctx, 'adamw_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [
-      table, count, chunks, ADAMW_CHUNK, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, h.eps, h.momentsBf16 ? 1 : 0,
+      table, count, chunks, ADAMW_CHUNK, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, h.eps, h.gradScale ?? 1, h.momentsBf16 ? 1 : 0,
     ]);
   } finally {
     ctx.free(table);

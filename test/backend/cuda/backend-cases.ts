@@ -6,10 +6,15 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { AdamWHyper, Backend, RouterConfig, RouterOutput } from '../../../src/backend/backend.js';
+import { join } from 'node:path';
+import type { AdamWHyper, AdamWSharedHyper, Backend, RouterConfig, RouterOutput } from '../../../src/backend/backend.js';
 import { CpuBackend } from '../../../src/backend/cpu/cpu-backend.js';
-import type { CudaBackend } from '../../../src/backend/cuda/cuda-backend.js';
+import type { CudaBackend, CudaTensor } from '../../../src/backend/cuda/cuda-backend.js';
+import { writeSafetensors } from '../../../src/io/safetensors.js';
+import { encodeFromFloat } from '../../../src/tensor/dtypes.js';
 import type { Tensor } from '../../../src/tensor/tensor.js';
+import { loadTrainerState, TRAINER_STATE_FILE } from '../../../src/train/checkpoint.js';
+import { withTempDir } from '../../helpers/temp-dir.js';
 import { assertClose, randomNormal, roundBf16, seededRandom } from './gpu-helpers.js';
 
 export type Mode = 'f32' | 'bf16';
@@ -64,6 +69,17 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const err = Math.abs(got - want) / Math.max(Math.abs(want), 1e-30);
     console.log(`# ${mode} ${what}: ${got} vs ${want} (relative error ${err.toExponential(2)})`);
     assert.ok(err <= rtol, `${mode} ${what}: ${got} vs ${want} (seed ${rng.seed})`);
+  };
+  /** Two CUDA tensors (either float dtype) hold the same FP32 values, bit for bit. */
+  const sameBits = (what: string, got: Tensor, want: Tensor) => {
+    const bits = (t: Tensor) => {
+      const f = cuda().download(t);
+      return new Uint32Array(f.buffer, f.byteOffset, f.length);
+    };
+    const x = bits(got), y = bits(want);
+    assert.equal(x.length, y.length, `${what}: length`);
+    const at = x.findIndex((e, i) => e !== y[i]);
+    assert.equal(at, -1, `${mode} ${what}: element ${at} is 0x${x[at]?.toString(16)}, want 0x${y[at]?.toString(16)} (seed ${rng.seed})`);
   };
 
   test(name('memory: storage dtypes, views, copyFromHost, free, allocation scopes'), opts, () => {
@@ -222,17 +238,128 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const qLat = param([B, Tq, H, C]), qPe = act([B, Tq, H, R]);
     const ckv = { g: b.zeros([B, S, C]), c: cpu.zeros([B, S, C]) }, kpe = { g: b.zeros([B, S, R]), c: cpu.zeros([B, S, R]) };
     const newC = act([B, kvLen, C]), newR = act([B, kvLen, R]);
-    b.writeCache(ckv.g, newC.g, 0);
-    cpu.writeCache(ckv.c, newC.c, 0);
-    b.writeCache(kpe.g, newR.g, 0);
-    cpu.writeCache(kpe.c, newR.c, 0);
+    /** Positions start, start + 1, …, start + T − 1 in every sequence of the batch. */
+    const at = (start: number, T: number) => ints(Int32Array.from({ length: B * T }, (_, i) => start + (i % T)), [B * T]);
+    const first = at(0, kvLen);
+    b.writeCache(ckv.g, newC.g, first.g);
+    cpu.writeCache(ckv.c, newC.c, first.c);
+    b.writeCache(kpe.g, newR.g, first.g);
+    cpu.writeCache(kpe.c, newR.c, first.c);
     compare('writeCache', ckv.g, ckv.c, 0);
-    const more = act([B, 2, C]);
-    b.writeCache(ckv.g, more.g, kvLen);
-    cpu.writeCache(ckv.c, more.c, kvLen);
+    const more = act([B, 2, C]), after = at(kvLen, 2);
+    b.writeCache(ckv.g, more.g, after.g);
+    cpu.writeCache(ckv.c, more.c, after.c);
     compare('writeCache at an offset', ckv.g, ckv.c, 0);
-    compare('mlaLatentAttention', b.mlaLatentAttention(qLat.g, qPe.g, ckv.g, kpe.g, 0.15, kvLen - Tq, kvLen),
-      cpu.mlaLatentAttention(qLat.c, qPe.c, ckv.c, kpe.c, 0.15, kvLen - Tq, kvLen));
+    const last = at(kvLen - Tq, Tq);
+    compare('mlaLatentAttention', b.mlaLatentAttention(qLat.g, qPe.g, ckv.g, kpe.g, 0.15, last.g),
+      cpu.mlaLatentAttention(qLat.c, qPe.c, ckv.c, kpe.c, 0.15, last.c));
+  });
+
+  test(name('latent cache writes and attention at positions read on the device, sequences at different positions'), opts, () => {
+    const b = cuda();
+    // GPU-sized: V3's latent widths, so that BF16 mode runs the tensor-core decode kernel on a BF16 cache
+    const [C, R, S, H] = L ? [512, 64, 300, 16] : [32, 8, 24, 3];
+    for (const [B, Tq] of [[3, 1], [2, 3]] as const) {
+      // each sequence at its own length (one of them at the cache's end, one at its start)
+      const lengths = Array.from({ length: B }, (_, i) => (i === 0 ? S - Tq : i === 1 ? 0 : rng.int(0, S - Tq)));
+      const cache = { c: cpu.zeros([B, S, C]), g: b.zeros([B, S, C], 'activation') }, kpe = { c: cpu.zeros([B, S, R]), g: b.zeros([B, S, R], 'activation') };
+      const before = { c: act([B, S, C]), r: act([B, S, R]) };
+      const all = ints(Int32Array.from({ length: B * S }, (_, i) => i % S), [B * S]);
+      b.writeCache(cache.g, before.c.g, all.g);
+      cpu.writeCache(cache.c, before.c.c, all.c);
+      b.writeCache(kpe.g, before.r.g, all.g);
+      cpu.writeCache(kpe.c, before.r.c, all.c);
+      const pos = ints(Int32Array.from({ length: B * Tq }, (_, i) => lengths[Math.floor(i / Tq)]! + (i % Tq)), [B * Tq]);
+      const newC = act([B, Tq, C]), newR = act([B, Tq, R]);
+      b.writeCache(cache.g, newC.g, pos.g);
+      cpu.writeCache(cache.c, newC.c, pos.c);
+      b.writeCache(kpe.g, newR.g, pos.g);
+      cpu.writeCache(kpe.c, newR.c, pos.c);
+      compare(`writeCache at positions ${cpu.downloadInt(pos.c).join(', ')}`, cache.g, cache.c, 0);
+      compare('writeCache of the rotary keys', kpe.g, kpe.c, 0);
+      const qLat = act([B, Tq, H, C]), qPe = act([B, Tq, H, R]);
+      compare(`mlaLatentAttention B=${B} Tq=${Tq} at positions ${cpu.downloadInt(pos.c).join(', ')}`,
+        b.mlaLatentAttention(qLat.g, qPe.g, cache.g, kpe.g, 0.12, pos.g), cpu.mlaLatentAttention(qLat.c, qPe.c, cache.c, kpe.c, 0.12, pos.c));
+    }
+  });
+
+  test(name('moeExpertsDirect (FP32 and activation-storage expert weights) against the CPU'), opts, () => {
+    const b = cuda();
+    // d and I multiples of 8 (the kernels' vector loads), then not
+    for (const [N, K, E, d, I] of L ? [[32, 8, 32, 1024, 512], [5, 6, 16, 200, 100]] : [[20, 3, 8, 40, 24], [7, 2, 5, 36, 20]]) {
+      // K distinct experts per token, positive gating weights: as the router gives them
+      const idx = new Int32Array(N * K);
+      for (let n = 0; n < N; n++) {
+        const experts = Array.from({ length: E }, (_, e) => e);
+        for (let j = 0; j < K; j++) {
+          const pick = rng.int(j, E - 1);
+          [experts[j], experts[pick]] = [experts[pick]!, experts[j]!];
+        }
+        idx.set(experts.slice(0, K), n * K);
+      }
+      const indices = ints(idx, [N, K]);
+      const gw = Float32Array.from({ length: N * K }, () => rng.uniform());
+      const weights = { c: cpu.upload(gw, [N, K]), g: b.upload(gw, [N, K]) };
+      const x = act([N, d]);
+      for (const storage of ['state', 'activation'] as const) {
+        const weight = (shape: number[]) => (storage === 'state' ? param(shape, 0.1) : act(shape, 0.1));
+        const gate = Array.from({ length: E }, () => weight([I, d])), up = Array.from({ length: E }, () => weight([I, d]));
+        const down = Array.from({ length: E }, () => weight([d, I]));
+        const g = (ws: typeof gate) => ws.map((w) => w.g), c = (ws: typeof gate) => ws.map((w) => w.c);
+        const what = `moeExpertsDirect N=${N} K=${K} E=${E} d=${d} I=${I}, ${storage === 'state' ? 'FP32' : 'activation-storage'} weights`;
+        const direct = b.moeExpertsDirect(x.g, indices.g, weights.g, g(gate), g(up), g(down));
+        // BF16: gate, up, their SwiGLU, each slot's output and the weighted sum are each rounded to
+        // BF16 (where the permuted path rounds them too): five roundings deep, where one op stays within 1e-2
+        compare(what, direct, cpu.moeExpertsDirect(x.c, indices.c, weights.c, c(gate), c(up), c(down)), mode === 'bf16' ? 3e-2 : tol);
+        // the permuted path on this backend rounds at the same places: only the order of FP32 sums differs
+        const perm = b.moePermute(x.g, indices.g, E, { blockRows: 8, maxRatio: Infinity });
+        const h = b.swiglu(b.groupedLinear(perm.rows, g(gate)), b.groupedLinear(perm.rows, g(up)));
+        const permuted = b.moeUnpermute(b.groupedLinear(h, g(down)), perm.sourceSlot, weights.g);
+        assertClose(`${mode} ${what} = the permuted path`, b.download(direct), b.download(permuted), tol, rng.seed);
+      }
+    }
+  });
+
+  test(name('captureGraph: a replay runs the recorded ops on the tensors\' current contents'), opts, () => {
+    const b = cuda();
+    const B = 2, C = 24, S = 6;
+    const w = param([C, 16], 0.2), x = act([B, 16]);
+    const cache = { c: cpu.zeros([B, S, C]), g: b.zeros([B, S, C], 'activation') };
+    const pos = ints(Int32Array.of(0, 3), [B]);
+    // y = x·wᵀ written into the cache at the positions: reads x and the positions where they are
+    const step = (be: Backend, xt: Tensor, wt: Tensor, ct: Tensor, pt: Tensor) => () => {
+      const y = be.linear(xt, wt);
+      be.writeCache(ct, be.reshape(y, [B, 1, C]), pt);
+      be.free(y);
+    };
+    // eager first (GEMM plans and the like)
+    step(b, x.g, w.g, cache.g, pos.g)();
+    step(cpu, x.c, w.c, cache.c, pos.c)();
+    const graph = b.captureGraph(step(b, x.g, w.g, cache.g, pos.g));
+    for (const p of [[1, 4], [2, 5]]) {
+      const xd = data(B * 16);
+      b.copyFromHost(x.g, xd);
+      cpu.copyFromHost(x.c, xd);
+      b.copyFromHostInt(pos.g, Int32Array.from(p));
+      cpu.copyFromHostInt(pos.c, Int32Array.from(p));
+      graph.replay();
+      step(cpu, x.c, w.c, cache.c, pos.c)();
+      compare(`replay at positions ${p.join(', ')}`, cache.g, cache.c);
+    }
+    graph.free();
+    assert.throws(() => graph.replay(), /freed graph/);
+    assert.throws(() => b.captureGraph(() => void b.linear(x.g, w.g)), /left 1 tensor/);
+    assert.throws(() => b.captureGraph(() => void b.download(w.g)), /capture/i);
+    // moeExpertsDirect uploads its table of expert weight addresses on first use: outside capture only
+    const gate = [0, 1, 2].map(() => param([8, 16], 0.2).g), up = [0, 1, 2].map(() => param([8, 16], 0.2).g), down = [0, 1, 2].map(() => param([16, 8], 0.2).g);
+    const idx = b.uploadInt(Int32Array.of(2, 0), [B, 1]), gating = b.upload(Float32Array.of(0.7, 1.3), [B, 1]);
+    const experts = () => b.free(b.moeExpertsDirect(x.g, idx, gating, gate, up, down));
+    assert.throws(() => b.captureGraph(experts), /run the captured work once before/);
+    experts();
+    b.captureGraph(experts).free();
+    step(b, x.g, w.g, cache.g, pos.g)(); // the stream works normally afterwards
+    step(cpu, x.c, w.c, cache.c, pos.c)();
+    compare('eager after failed captures', cache.g, cache.c);
   });
 
   const routeCase = (N: number, E: number, cfg: RouterConfig) => {
@@ -450,6 +577,11 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const bg = b.sequenceBalanceLoss(rg, batch, seq, 0.01), bc = cpu.sequenceBalanceLoss(rc, batch, seq, 0.01);
     near('sequenceBalanceLoss', bg.loss, bc.loss, 1e-5);
     compare('sequenceBalanceLoss dScores', bg.dScores, bc.dScores, 1e-5);
+    // sequences longer than one block's share of tokens (64), the last block partly filled
+    const long = routeCase(2 * 150, E, cfg);
+    const lg = b.sequenceBalanceLoss(long.rg, 2, 150, 0.01), lc = cpu.sequenceBalanceLoss(long.rc, 2, 150, 0.01);
+    near('sequenceBalanceLoss, 2 × 150 tokens', lg.loss, lc.loss, 1e-5);
+    compare('sequenceBalanceLoss dScores, 2 × 150 tokens', lg.dScores, lc.dScores, 1e-5);
     compare('routerBackward (sigmoid, normalised, with dScores)', b.routerBackward(logits.g, rg, dW.g, bg.dScores, cfg), cpu.routerBackward(logits.c, rc, dW.c, bc.dScores, cfg));
     for (const variant of [{ scoring: 'softmax' as const, normTopkProb: false }, { scoring: 'sigmoid' as const, normTopkProb: false }]) {
       const c2: RouterConfig = { ...cfg, ...variant, groupLimited: false, groupScoreTop2: false };
@@ -497,6 +629,22 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     compare('scaleInPlaceMany (activation storage)', small.g, small.c, mode === 'f32' ? 1e-6 : tol);
     compare('scaleInPlaceMany (a small tensor)', third.g, third.c, 1e-6);
     assert.throws(() => b.scaleInPlaceMany([third.g, b.rows(third.g, 2, 3)], 2), /overlap/);
+    // zeroing writes zeros without reading: NaN and Inf are cleared too (gradients before a step)
+    const poisoned = (n: number) => data(n).map((e, i) => (i % 3 === 0 ? NaN : i % 3 === 1 ? -Infinity : e));
+    const zeroed = [big, small, third];
+    for (const t of zeroed) {
+      b.copyFromHost(t.g, poisoned(count(t.g.shape)));
+      cpu.copyFromHost(t.c, poisoned(count(t.c.shape)));
+    }
+    b.scaleInPlaceMany(zeroed.map((t) => t.g), 0);
+    cpu.scaleInPlaceMany(zeroed.map((t) => t.c), 0);
+    for (const t of zeroed) {
+      assert.deepEqual(b.download(t.g), new Float32Array(count(t.g.shape)), `${mode} scaleInPlaceMany by 0 of ${t.g.dtype} [${t.g.shape}]`);
+      assert.deepEqual(cpu.download(t.c), new Float32Array(count(t.c.shape)), 'the CPU zeroes alike');
+      b.copyFromHost(t.g, poisoned(count(t.g.shape)));
+      b.scaleInPlace(t.g, 0);
+      assert.deepEqual(b.download(t.g), new Float32Array(count(t.g.shape)), `${mode} scaleInPlace by 0 of ${t.g.dtype} [${t.g.shape}]`);
+    }
 
     for (const momentsBf16 of [false, true]) {
       const shape = [L ? 1024 : 64, 33];
@@ -529,16 +677,6 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const shapes = [[L ? 1024 : 257, L ? 257 : 129], [64, 33], [33], [5], [0], [2, 7]];
     const decays = [0.1, 0.1, 0, 0.05, 0.1, 0.02];
     const VIEW = shapes.length - 1;
-    const bits = (t: Tensor) => {
-      const f = b.download(t);
-      return new Uint32Array(f.buffer, f.byteOffset, f.length);
-    };
-    const sameBits = (what: string, got: Tensor, want: Tensor) => {
-      const x = bits(got), y = bits(want);
-      assert.equal(x.length, y.length, `${what}: length`);
-      const at = x.findIndex((e, i) => e !== y[i]);
-      assert.equal(at, -1, `${mode} ${what}: element ${at} is 0x${x[at]?.toString(16)}, per tensor 0x${y[at]?.toString(16)} (seed ${rng.seed})`);
-    };
     for (const momentsBf16 of [false, true]) {
       const init = shapes.map((s) => {
         const n = count(s);
@@ -575,7 +713,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
         const gd = shapes.map((s) => data(count(s), 0.01));
         const g = gd.map((d, i) => (mode === 'bf16' && i === 1 ? b.upload(d, shapes[i]!, 'bf16') : b.upload(d, shapes[i]!)));
         const gc = gd.map((d, i) => cpu.upload(d, shapes[i]!));
-        const h = { lr: 1e-3 * step, beta1: 0.9, beta2: 0.95, eps: 1e-8, step, momentsBf16 };
+        const h = { lr: 1e-3 * step, beta1: 0.9, beta2: 0.95, eps: 1e-8, step, momentsBf16, gradScale: 0.8 };
         one.p.forEach((_, i) => b.adamw(one.p[i]!, g[i]!, one.m[i]!, one.v[i]!, { ...h, weightDecay: decays[i]! }));
         b.adamwMany(many.p, g, many.m, many.v, h, decays);
         cpu.adamwMany(ref.p, gc, ref.m, ref.v, h, decays);
@@ -614,6 +752,76 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     }
   });
 
+  test(name('AdamW with a gradient scale, BF16-stored moments and the BF16 weight copies written beside the weights: the bits of separate passes'), opts, () => {
+    const b = cuda();
+    // Weights as training has them, their BF16 copies (BF16 mode) made before the first step:
+    // experts read through one stacked copy (groupedLinear), a dense weight, one updated through a
+    // view of its last rows (odd offset: the element-wise loop), one by adamw alone; odd sizes.
+    const E = 3, inp = 33, gradScale = 0.37;
+    const shapes = [[16, inp], [16, inp], [16, inp], [16, inp], [4, inp], [5, 7]];
+    const VIEWED = 4, SINGLE = 5;
+    const init = shapes.map((s) => data(count(s), 0.1));
+    const x = act([E * 4, inp]), xs = act([4, 7]);
+    /** The products that read the weights through their BF16 copies in BF16 mode. */
+    const products = (w: Tensor[]) => [b.groupedLinear(x.g, w.slice(0, E)), b.linear(x.g, w[3]!), b.linear(x.g, w[VIEWED]!), b.linear(xs.g, w[SINGLE]!)];
+    /** The weights, the tensors AdamW updates (rows 1..3 of weight VIEWED) and their moments, of one dtype. */
+    const setup = (moments: 'bf16' | 'f32') => {
+      const w = init.map((d, i) => b.upload(d, shapes[i]!));
+      const zeros = () => shapes.map((s, i) => (i === VIEWED ? b.rows(b.zeros(s, moments), 1, 3) : b.zeros(s, moments)));
+      return { w, params: w.map((t, i) => (i === VIEWED ? b.rows(t, 1, 3) : t)), m: zeros(), v: zeros() };
+    };
+    // fused: the scale inside AdamW, BF16 moments, copies written by AdamW; separate: the gradients
+    // scaled first, FP32 moments rounded to BF16, weights without copies (cast when used below)
+    const fused = setup('bf16'), separate = setup('f32');
+    products(fused.w).forEach((t) => b.free(t));
+    const decays = shapes.map(() => 0.1);
+    const update = (o: ReturnType<typeof setup>, g: Tensor[], h: AdamWSharedHyper) => {
+      b.adamwMany(o.params.slice(0, SINGLE), g.slice(0, SINGLE), o.m.slice(0, SINGLE), o.v.slice(0, SINGLE), h, decays.slice(0, SINGLE));
+      b.adamw(o.params[SINGLE]!, g[SINGLE]!, o.m[SINGLE]!, o.v[SINGLE]!, { ...h, weightDecay: decays[SINGLE]! });
+    };
+    for (let step = 1; step <= 3; step++) {
+      const h = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, step, momentsBf16: true };
+      const gd = fused.params.map((p) => data(count(p.shape), 0.01));
+      const grads = () => gd.map((d, i) => b.upload(d, fused.params[i]!.shape));
+      const gf = grads(), gs = grads();
+      update(fused, gf, { ...h, gradScale });
+      b.scaleInPlaceMany(gs, gradScale);
+      update(separate, gs, h);
+      shapes.forEach((s, i) => {
+        sameBits(`step ${step}: weight ${i} [${s}]`, fused.w[i]!, separate.w[i]!);
+        sameBits(`step ${step}: BF16-stored m ${i}`, fused.m[i]!, separate.m[i]!);
+        sameBits(`step ${step}: BF16-stored v ${i}`, fused.v[i]!, separate.v[i]!);
+        assert.deepEqual(b.download(gf[i]!), gd[i], `step ${step}: gradient ${i} read, not written`);
+      });
+      if (mode === 'bf16') {
+        for (const w of fused.w) assert.ok((w as CudaTensor).bf16Copy !== 0 && !(w as CudaTensor).bf16Stale, `step ${step}: the copy is up to date, no cast left`);
+      }
+      // the products through the copies AdamW wrote: the bits of casting the new weights
+      const fresh = separate.w.map((w) => b.upload(b.download(w), w.shape));
+      const want = products(fresh), got = products(fused.w);
+      got.forEach((t, i) => sameBits(`step ${step}: product ${i} after the step`, t, want[i]!));
+      for (const t of [...fresh, ...want, ...got, ...gf, ...gs]) b.free(t);
+    }
+    const p = b.upload(new Float32Array(6), [2, 3]);
+    const h = { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1, weightDecay: 0, momentsBf16: false };
+    assert.throws(() => b.adamw(p, b.zeros([2, 3]), b.zeros([2, 3], 'bf16'), b.zeros([2, 3], 'bf16'), h), /BF16 moments need momentsBf16/);
+    assert.throws(() => b.adamw(p, b.zeros([2, 3]), b.zeros([2, 3], 'bf16'), b.zeros([2, 3]), { ...h, momentsBf16: true }), /m is bf16 but v f32/);
+  });
+
+  test(name('a checkpoint loads into BF16 moments exactly, which stay BF16'), opts, () => withTempDir('dsv3-moments-', (dir) => {
+    const b = cuda();
+    const values = roundBf16(data(70, 0.01));
+    const state = { step: 0, m: new Map([['w', b.zeros([7, 10], 'bf16')]]), v: new Map([['w', b.zeros([7, 10], 'bf16')]]) };
+    const saved = (k: string) => ({ name: `optimizer.${k}.w`, dtype: 'BF16' as const, shape: [7, 10], data: encodeFromFloat('BF16', values) });
+    writeSafetensors(join(dir, TRAINER_STATE_FILE), [saved('m'), saved('v')], { trainer: JSON.stringify({ step: 3 }), optimizer_step: '3' });
+    loadTrainerState(dir, b, state);
+    assert.equal(state.step, 3);
+    for (const t of [state.m.get('w')!, state.v.get('w')!]) {
+      assert.equal(t.dtype, 'bf16');
+      assert.deepEqual(b.download(t), values);
+    }
+  }));
+
   test(name('the class implements every Backend op'), opts, () => {
     const b: Backend = cuda();
     const ops: (keyof Backend)[] = ['upload', 'uploadInt', 'download', 'downloadInt', 'zeros', 'rows', 'reshape', 'free', 'copyFromHost', 'markAllocations',
@@ -621,7 +829,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       'mlaLatentAttention', 'writeCache', 'routerTopK', 'moePermute', 'moeUnpermute', 'rmsNormBackwardInput', 'rmsNormBackwardWeight', 'swigluBackward',
       'embeddingBackward', 'addToCols', 'sumHeads', 'attentionBackward', 'moeUnpermuteBackward', 'moePermuteBackward', 'routerBackward',
       'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'adamwMany', 'groupedLinear',
-      'groupedLinearBackwardInput', 'groupedLinearBackwardWeight'];
+      'groupedLinearBackwardInput', 'groupedLinearBackwardWeight', 'copyFromHostInt', 'moeExpertsDirect', 'captureGraph'];
     for (const op of ops) assert.equal(typeof b[op], 'function', op);
     assert.equal(b.floatDType, mode);
   });

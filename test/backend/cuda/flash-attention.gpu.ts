@@ -2,8 +2,10 @@
 // src/backend/cpu on fresh random BF16 inputs: the causal forward and its log-sum-exp, the
 // backward (BF16 and FP32 gradients), and MLA decoding over a latent cache (one block and split
 // over the sequence). Shapes cover the DeepSeek-V3 sizes (Dk 192, Dv 128; C 512, R 64), small head
-// sizes padded inside the kernels, sequence tails, queries after cached keys (qStart > 0) and
-// keys past the last query. Skipped with the reason where there is no GPU.
+// sizes padded inside the kernels, sequence tails, queries after cached keys (qStart > 0), keys
+// past the last query and fewer keys than the last query's position; the forward runs with every
+// block size (rows a block) and the backward with every block size (keys a block) the head sizes
+// allow, each against the same reference. Skipped with the reason where there is no GPU.
 //
 // Tolerances: P (and dS in the backward) are BF16 operands of the tensor-core products, as in
 // FlashAttention-2, and the outputs are BF16, so single elements stray up to ~1-2% of the tensor's
@@ -17,8 +19,9 @@ import type { CudaContext } from '../../../src/backend/cuda/context.js';
 import type { KernelArgType } from '../../../src/backend/cuda/launch.js';
 import { kernelDir } from '../../../src/backend/cuda/compile.js';
 import {
-  FLASH_KERNELS, flashAttentionForward, flashAttentionBackward, mlaDecode, mlaDecodePlan, type AttentionShape, type FlashAttentionForwardArgs,
-  type MlaDecodeArgs,
+  FLASH_BACKWARD_BLOCKS, FLASH_FORWARD_BLOCKS, FLASH_KERNELS, flashAttentionForward, flashAttentionBackward, flashBackwardBlock,
+  flashBackwardBlockFits, flashForwardBlock, mlaDecode, mlaDecodePlan, type AttentionShape, type FlashAttentionForwardArgs,
+  type FlashForwardBlock, type MlaDecodeArgs,
 } from '../../../src/backend/cuda/flash-attention.js';
 import { causalAttention, latentAttention } from '../../../src/backend/cpu/attention.js';
 import { causalAttentionBackward } from '../../../src/backend/cpu/training-ops.js';
@@ -38,7 +41,7 @@ test('the launchers\' argument lists match the kernels\' extern "C" signatures (
   };
   for (const [name, spec] of Object.entries(FLASH_KERNELS)) {
     const source = readFileSync(join(kernelDir(), spec.file), 'utf8');
-    const m = new RegExp(`extern\\s+"C"\\s+__global__\\s+void\\s+${name}\\s*\\(([^)]*)\\)`).exec(source);
+    const m = new RegExp(`extern\\s+"C"\\s+__global__\\s+void\\s+(?:__launch_bounds__\\([^)]*\\)\\s+)?${name}\\s*\\(([^)]*)\\)`).exec(source);
     assert.ok(m, `${name} is defined in ${spec.file}`);
     const params = m[1]!.split(',').map((p) => p.trim()).filter((p) => p.length > 0).map(cType);
     assert.deepEqual(params, [...spec.args], `${name}(${params.join(', ')})`);
@@ -113,18 +116,24 @@ function referenceLse(q: Float32Array, k: Float32Array, s: AttnShape, scale: num
   return out;
 }
 
-function runForward(c: CudaContext, s: AttnShape, rng: Rng) {
+/** Random inputs of one shape (host and device) and the keys and values the reference takes: [B, Tk, H, D]. */
+function forwardInputs(c: CudaContext, s: AttnShape, rng: Rng) {
   const scale = 1 / Math.sqrt(s.Dk);
   const inputs = attentionInputs(c, rng, s);
-  const outElems = s.B * s.Tq * s.H * s.Dv;
-  const out = c.alloc(2 * outElems), lse = c.alloc(4 * s.B * s.H * s.Tq);
-  flashAttentionForward(c, { ...inputs.dev, out, lse, B: s.B, Tq: s.Tq, Tk: s.Tk, H: s.H, Dk: s.Dk, Dv: s.Dv, scale, qStart: s.qStart, kvCapacity: s.kvCapacity });
-  const gotOut = downloadAs(c, 'bf16', out, outElems);
-  const gotLse = downloadAs(c, 'f32', lse, s.B * s.H * s.Tq);
   const S = s.kvCapacity ?? s.Tk;
   const k = S === s.Tk ? inputs.k : firstPositions(inputs.k, s.B, S, s.Tk, s.H * s.Dk);
   const v = S === s.Tk ? inputs.v : firstPositions(inputs.v, s.B, S, s.Tk, s.H * s.Dv);
-  return { scale, inputs, k, v, out, lse, gotOut, gotLse };
+  return { scale, inputs, k, v };
+}
+
+/** The forward on those inputs with `blockM` rows a block (default: the launcher's choice); out and lse on the device and downloaded. */
+function runForward(c: CudaContext, s: AttnShape, f: ReturnType<typeof forwardInputs>, blockM?: FlashForwardBlock) {
+  const outElems = s.B * s.Tq * s.H * s.Dv;
+  const out = c.alloc(2 * outElems), lse = c.alloc(4 * s.B * s.H * s.Tq);
+  flashAttentionForward(c, {
+    ...f.inputs.dev, out, lse, B: s.B, Tq: s.Tq, Tk: s.Tk, H: s.H, Dk: s.Dk, Dv: s.Dv, scale: f.scale, qStart: s.qStart, kvCapacity: s.kvCapacity, blockM,
+  });
+  return { out, lse, gotOut: downloadAs(c, 'bf16', out, outElems), gotLse: downloadAs(c, 'f32', lse, s.B * s.H * s.Tq) };
 }
 
 function freeAll(c: CudaContext, ptrs: number[]): void {
@@ -140,18 +149,24 @@ const FORWARD_SHAPES: AttnShape[] = [
   { B: 1, Tq: 1, Tk: 200, H: 2, Dk: 192, Dv: 128, qStart: 199 },   // one decoding step
   { B: 1, Tq: 5, Tk: 70, H: 2, Dk: 96, Dv: 64, qStart: 65, kvCapacity: 90 }, // a cache larger than its contents
   { B: 1, Tq: 130, Tk: 130, H: 1, Dk: 256, Dv: 256, qStart: 0 },   // the largest heads (Q re-read from shared memory)
+  { B: 2, Tq: 200, Tk: 150, H: 2, Dk: 192, Dv: 128, qStart: 20 },  // fewer keys than the last queries' positions
 ];
 
-test('flashAttentionForward matches the CPU reference (output and log-sum-exp)', { skip }, () => {
+test('flashAttentionForward matches the CPU reference (output and log-sum-exp), every block size', { skip }, () => {
   const c = ctx!;
   for (const s of FORWARD_SHAPES) {
     const rng = seededRandom();
-    const r = runForward(c, s, rng);
+    const f = forwardInputs(c, s, rng);
     const want = new Float64Array(s.B * s.Tq * s.H * s.Dv);
-    causalAttention(f64(r.inputs.q), f64(r.k), f64(r.v), want, new Float64Array(s.Tq * s.Tk), s, r.scale, s.qStart);
-    check(`forward out ${label(s)}`, r.gotOut, want, FWD_MAX, rng.seed);
-    assertClose(`forward lse ${label(s)}`, r.gotLse, referenceLse(r.inputs.q, r.k, s, r.scale), 1e-4, rng.seed);
-    freeAll(c, [r.inputs.dev.q, r.inputs.dev.k, r.inputs.dev.v, r.inputs.dev.dOut, r.out, r.lse]);
+    causalAttention(f64(f.inputs.q), f64(f.k), f64(f.v), want, new Float64Array(s.Tq * s.Tk), s, f.scale, s.qStart);
+    const wantLse = referenceLse(f.inputs.q, f.k, s, f.scale);
+    for (const blockM of FLASH_FORWARD_BLOCKS) {
+      const r = runForward(c, s, f, blockM);
+      check(`forward out ${label(s)} blockM=${blockM}`, r.gotOut, want, FWD_MAX, rng.seed);
+      assertClose(`forward lse ${label(s)} blockM=${blockM}`, r.gotLse, wantLse, 1e-4, rng.seed);
+      freeAll(c, [r.out, r.lse]);
+    }
+    freeAll(c, [f.inputs.dev.q, f.inputs.dev.k, f.inputs.dev.v, f.inputs.dev.dOut]);
   }
 });
 
@@ -175,31 +190,53 @@ const BACKWARD_SHAPES: Array<AttnShape & { gradType: 'bf16' | 'f32' }> = [
   { B: 2, Tq: 37, Tk: 100, H: 3, Dk: 64, Dv: 64, qStart: 63, gradType: 'bf16' },
   { B: 2, Tq: 20, Tk: 130, H: 3, Dk: 64, Dv: 56, qStart: 50, gradType: 'f32' },
   { B: 1, Tq: 130, Tk: 130, H: 1, Dk: 256, Dv: 256, qStart: 0, gradType: 'bf16' },
+  { B: 2, Tq: 200, Tk: 150, H: 2, Dk: 192, Dv: 128, qStart: 20, gradType: 'bf16' },
 ];
 
-test('flashAttentionBackward matches the CPU reference (dq, dk, dv)', { skip }, () => {
+test('flashAttentionBackward matches the CPU reference (dq, dk, dv), every block size the head sizes allow', { skip }, () => {
   const c = ctx!;
   for (const s of BACKWARD_SHAPES) {
     const rng = seededRandom();
-    const r = runForward(c, s, rng);
+    const f = forwardInputs(c, s, rng);
+    const r = runForward(c, s, f);
     const e = s.gradType === 'f32' ? 4 : 2;
     const nq = s.B * s.Tq * s.H * s.Dk, nk = s.B * s.Tk * s.H * s.Dk, nv = s.B * s.Tk * s.H * s.Dv;
     const dq = c.alloc(e * nq), dk = c.alloc(e * nk), dv = c.alloc(e * nv);
-    const args = { ...r.inputs.dev, out: r.out, lse: r.lse, dq, dk, dv, gradType: s.gradType, B: s.B, Tq: s.Tq, Tk: s.Tk, H: s.H, Dk: s.Dk, Dv: s.Dv, scale: r.scale, qStart: s.qStart };
-    flashAttentionBackward(c, args);
-    const got = { dq: downloadAs(c, s.gradType, dq, nq), dk: downloadAs(c, s.gradType, dk, nk), dv: downloadAs(c, s.gradType, dv, nv) };
     const want = { dq: new Float64Array(nq), dk: new Float64Array(nk), dv: new Float64Array(nv) };
     // The reference takes the GPU's (BF16) forward output, as the kernels do for D = rowsum(dO ∘ O).
-    causalAttentionBackward(f64(r.inputs.q), f64(r.k), f64(r.v), f64(r.gotOut), f64(r.inputs.dOut), want.dq, want.dk, want.dv,
-      new Float64Array(s.Tq * s.Tk), new Float64Array(s.Tq * s.Tk), s, r.scale, s.qStart);
-    for (const name of ['dq', 'dk', 'dv'] as const) check(`backward ${name} ${s.gradType} ${label(s)}`, got[name], want[name], BWD_MAX, rng.seed);
+    causalAttentionBackward(f64(f.inputs.q), f64(f.k), f64(f.v), f64(r.gotOut), f64(f.inputs.dOut), want.dq, want.dk, want.dv,
+      new Float64Array(s.Tq * s.Tk), new Float64Array(s.Tq * s.Tk), s, f.scale, s.qStart);
+    for (const blockN of FLASH_BACKWARD_BLOCKS.filter((n) => flashBackwardBlockFits(s.Dk, s.Dv, n))) {
+      const args = {
+        ...f.inputs.dev, out: r.out, lse: r.lse, dq, dk, dv, gradType: s.gradType, B: s.B, Tq: s.Tq, Tk: s.Tk, H: s.H, Dk: s.Dk, Dv: s.Dv,
+        scale: f.scale, qStart: s.qStart, blockN,
+      };
+      flashAttentionBackward(c, args);
+      const got = { dq: downloadAs(c, s.gradType, dq, nq), dk: downloadAs(c, s.gradType, dk, nk), dv: downloadAs(c, s.gradType, dv, nv) };
+      for (const name of ['dq', 'dk', 'dv'] as const) {
+        check(`backward ${name} ${s.gradType} ${label(s)} blockN=${blockN}`, got[name], want[name], BWD_MAX, rng.seed);
+      }
 
-    // dk and dv do not depend on the order of atomics: a second run gives the same bits.
-    flashAttentionBackward(c, args);
-    assert.deepEqual(downloadAs(c, s.gradType, dk, nk), got.dk, `dk is deterministic (seed ${rng.seed})`);
-    assert.deepEqual(downloadAs(c, s.gradType, dv, nv), got.dv, `dv is deterministic (seed ${rng.seed})`);
-    freeAll(c, [r.inputs.dev.q, r.inputs.dev.k, r.inputs.dev.v, r.inputs.dev.dOut, r.out, r.lse, dq, dk, dv]);
+      // dk and dv do not depend on the order of atomics: a second run gives the same bits.
+      flashAttentionBackward(c, args);
+      assert.deepEqual(downloadAs(c, s.gradType, dk, nk), got.dk, `dk is deterministic (blockN ${blockN}, seed ${rng.seed})`);
+      assert.deepEqual(downloadAs(c, s.gradType, dv, nv), got.dv, `dv is deterministic (blockN ${blockN}, seed ${rng.seed})`);
+    }
+    freeAll(c, [f.inputs.dev.q, f.inputs.dev.k, f.inputs.dev.v, f.inputs.dev.dOut, r.out, r.lse, dq, dk, dv]);
   }
+});
+
+test('the block sizes: the largest that still covers the SMs, 64 keys for large heads (no GPU needed)', () => {
+  const c = { smCount: 132 } as CudaContext;
+  const v3 = { B: 1, H: 16, Tq: 4096, Tk: 4096, Dk: 192, Dv: 128 };
+  assert.equal(flashForwardBlock(c, v3), 128);
+  assert.equal(flashForwardBlock(c, { ...v3, Tq: 512 }), 64);      // 64 blocks of 128 rows leave SMs idle
+  assert.equal(flashForwardBlock(c, { ...v3, blockM: 64 }), 64);
+  assert.equal(flashBackwardBlock(c, v3), 128);
+  assert.equal(flashBackwardBlock(c, { ...v3, Tk: 512 }), 64);
+  assert.equal(flashBackwardBlock(c, { ...v3, Dk: 256, Dv: 256 }), 64); // 128 dK, dV accumulators a thread: 8 warps only
+  assert.equal(flashBackwardBlock(c, { ...v3, blockN: 96 }), 96);
+  assert.ok(flashBackwardBlockFits(48, 24, 128) && !flashBackwardBlockFits(256, 128, 96));
 });
 
 type MlaShape = Pick<MlaDecodeArgs, 'B' | 'Tq' | 'H' | 'C' | 'R' | 'S' | 'kvLen' | 'qStart' | 'splits'>;
@@ -252,6 +289,8 @@ test('the launchers reject shapes and pointers the kernels cannot take (no GPU n
   const grads = { dOut: 256, dq: 256, dk: 256, dv: 256 };
   assert.throws(() => flashAttentionBackward(c, { ...base, ...grads, Dv: 12 }), /Dv = 12/);
   assert.throws(() => flashAttentionBackward(c, { ...base, ...grads, dOut: 264 }), /dOut .* not 16-byte aligned/);
+  assert.throws(() => flashAttentionForward(c, { ...base, blockM: 32 as FlashForwardBlock }), /blockM 32/);
+  assert.throws(() => flashAttentionBackward(c, { ...base, ...grads, Dk: 256, Dv: 256, blockN: 128 }), /blockN 128 takes Dk \+ Dv ≤ 320/);
   const mla = { qLat: 256, qPe: 256, ckv: 256, kpe: 256, out: 256, B: 1, Tq: 1, H: 1, C: 64, R: 8, S: 8, kvLen: 8, scale: 1, qStart: 7 };
   assert.throws(() => mlaDecode(c, { ...mla, C: 40 }), /C = 40/);
   assert.throws(() => mlaDecode(c, { ...mla, R: 4 }), /R = 4/);

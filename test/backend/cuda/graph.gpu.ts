@@ -130,7 +130,7 @@ test('a captured backward sequence (norm, SwiGLU, attention, router, AdamW) repl
     ops.swigluBackward(c, 'bf16', gate, up, dAct, dGate, dUp, T * I);
     ops.attentionBackward(c, 'bf16', q, k, v, out, dOut, dq, dk, dv, { B, Tq, Tk: Tq, H, Dk, Dv }, 0.125, 0);
     ops.routerBackward(c, 'bf16', scores, indices, dWeights, dScores, dLogits, N, E, cfg);
-    for (let s = 1; s <= 3; s++) ops.adamw(c, p, g, m, vv, P, { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: s, momentsBf16: true });
+    for (let s = 1; s <= 3; s++) ops.adamw(c, p, g, m, vv, 'f32', 0, P, { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: s, momentsBf16: true });
   };
   const read = () => ({
     dx: downloadAs(c, 'bf16', dx, T * d), dw: downloadAs(c, 'f32', dw, d), dGate: downloadAs(c, 'bf16', dGate, T * I), dUp: downloadAs(c, 'bf16', dUp, T * I),

@@ -1,20 +1,25 @@
 // Whole-model checks of the CUDA backend, shared by model.gpu.ts (the real GPU) and
 // emulated-model.test.ts (the CPU emulator): the tiny Hugging Face fixture's forward against
-// transformers' reference outputs, and short training runs whose per-step losses track the CPU
-// backend's on the same data, seed and initial weights.
+// transformers' reference outputs, a captured decode step against eager decoding, and short
+// training runs whose per-step losses track the CPU backend's on the same data, seed and initial
+// weights.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { CpuBackend } from '../../../src/backend/cpu/cpu-backend.js';
 import type { CudaBackend } from '../../../src/backend/cuda/cuda-backend.js';
+import { DecodeStep } from '../../../src/infer/decode-step.js';
 import { generate } from '../../../src/infer/generate.js';
+import { LatentCache } from '../../../src/infer/latent-cache.js';
+import { argmax } from '../../../src/infer/sampling.js';
 import { SafetensorsFile } from '../../../src/io/safetensors.js';
 import { loadPretrained } from '../../../src/model/load.js';
 import type { Tensor } from '../../../src/tensor/tensor.js';
 import { microTrainer } from '../../helpers/micro-trainer.js';
 import { tinyModelDir } from '../../shared-paths.js';
 import type { Mode } from './backend-cases.js';
+import { assertClose } from './gpu-helpers.js';
 
 export interface ModelCaseOptions {
   label: string;
@@ -104,6 +109,34 @@ export function registerModelCases(o: ModelCaseOptions): void {
       } finally {
         b.releaseAllocations(mark);
         reference.close();
+      }
+    });
+
+    test(name('a decode step captured into a graph (DecodeStep) replays the eager decoding, batch 2'), { skip: o.skip }, () => {
+      const b = o.backend(mode);
+      const mark = b.markAllocations();
+      try {
+        const { model, config } = loadPretrained(tinyModelDir, b);
+        const B = 2, prompt = 6, steps = 5, V = config.vocabSize;
+        const eagerCache = new LatentCache(b, config, B, prompt + steps), stepCache = new LatentCache(b, config, B, prompt + steps);
+        const ids = Int32Array.from({ length: B * prompt }, (_, i) => (i * 37 + 11) % V);
+        const greedy = (logits: Float32Array | Float64Array) => Int32Array.from({ length: B }, (_, r) => argmax(logits.subarray(r * V, (r + 1) * V)));
+        let next = greedy(b.download(model.logits(ids, B, prompt, { cache: eagerCache, lastOnly: true })));
+        b.free(model.logits(ids, B, prompt, { cache: stepCache, lastOnly: true }));
+        const step = new DecodeStep(model, stepCache);
+        // the first run is eager, the second captures, the later ones replay
+        for (let t = 0; t < steps; t++) {
+          const eager = b.download(model.logits(next, B, 1, { cache: eagerCache, lastOnly: true }));
+          const replayed = b.download(step.run(next, stepCache.length));
+          assertClose(`${mode} decode step ${t}: replayed logits`, replayed, eager, mode === 'f32' ? 1e-5 : 1e-2);
+          assert.deepEqual(greedy(replayed), greedy(eager), `${mode} decode step ${t}: greedy tokens`);
+          next = greedy(eager);
+        }
+        step.free();
+        eagerCache.free();
+        stepCache.free();
+      } finally {
+        b.releaseAllocations(mark);
       }
     });
 

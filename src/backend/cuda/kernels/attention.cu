@@ -1,11 +1,14 @@
-// Causal attention with an online softmax (Backend.attention and mlaLatentAttention).
+// Causal attention with an online softmax (Backend.attention and mlaLatentAttention), and the
+// latent cache's writes (Backend.writeCache).
 //
 // Scores are split in two parts so one kernel serves both ops:
 //   score(i, j) = (q1_i·k1_j + q2_i·k2_j) · scale,   out_i = Σ_j p_ij v_j
 // - attention:          q1 = q [B,Tq,H,Dk], k1 = k [B,Tk,H,Dk], D2 = 0, v [B,Tk,H,Dv], Hk = H
 // - mlaLatentAttention: q1 = qLat [B,Tq,H,C], k1 = v = ckv [B,S,C], q2 = qPe [B,Tq,H,R],
 //                       k2 = kpe [B,S,R], Hk = 1 (one latent "head" shared by all heads)
-// Query i sits at absolute position qStart + i and sees keys j ≤ qStart + i (and j < Tk).
+// Query i of batch row b sits at position positions[b·Tq + i] when `positions` is given (read on
+// the device: a captured decode step's positions change between replays), else at qStart + i; it
+// sees keys j up to its position (and j < Tk).
 // Layouts (contiguous): q1 [B,Tq,H,D1], q2 [B,Tq,H,D2], k1 [B,S,Hk,D1], k2 [B,S,Hk,D2],
 // v [B,S,Hk,Dv], out [B,Tq,H,Dv]; S is the key tensors' capacity (S ≥ Tk).
 //
@@ -35,7 +38,7 @@ __device__ __forceinline__ float dot_row(const float* __restrict__ q, const T* _
 template <typename T, int VPL>
 __device__ __forceinline__ void attention_impl(const T* __restrict__ q1, const T* __restrict__ q2, const T* __restrict__ k1, const T* __restrict__ k2,
                                                const T* __restrict__ v, T* __restrict__ out, int B, int Tq, int Tk, int S, int H, int Hk, int D1, int D2,
-                                               int Dv, float scale, int qStart) {
+                                               int Dv, float scale, int qStart, const int* __restrict__ positions) {
   extern __shared__ float qShared[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warpsPerBlock = blockDim.x >> 5;
   const i64 row = (i64)blockIdx.x * warpsPerBlock + warp;  // (b·Tq + i)·H + h
@@ -55,7 +58,7 @@ __device__ __forceinline__ void attention_impl(const T* __restrict__ q1, const T
   const T* k2b = k2 + ((i64)b * S * Hk + hk) * D2;
   const T* vb = v + ((i64)b * S * Hk + hk) * Dv;
   const i64 k1Step = (i64)Hk * D1, k2Step = (i64)Hk * D2, vStep = (i64)Hk * Dv;
-  const int last = min(Tk - 1, qStart + i);
+  const int last = min(Tk - 1, positions ? positions[bi] : qStart + i);
 
   float m = NEG_INF, l = 0.0f;
   float acc[VPL];
@@ -96,12 +99,34 @@ __device__ __forceinline__ void attention_impl(const T* __restrict__ q1, const T
   }
 }
 
-#define ATTENTION_ARGS int B, int Tq, int Tk, int S, int H, int Hk, int D1, int D2, int Dv, float scale, int qStart
-#define ATTENTION_PASS B, Tq, Tk, S, H, Hk, D1, D2, Dv, scale, qStart
+#define ATTENTION_ARGS int B, int Tq, int Tk, int S, int H, int Hk, int D1, int D2, int Dv, float scale, int qStart, const int* positions
+#define ATTENTION_PASS B, Tq, Tk, S, H, Hk, D1, D2, Dv, scale, qStart, positions
 
 extern "C" __global__ void attention_fwd_bf16(const bf16* q1, const bf16* q2, const bf16* k1, const bf16* k2, const bf16* v, bf16* out, ATTENTION_ARGS) {
   attention_impl<bf16, 16>(q1, q2, k1, k2, v, out, ATTENTION_PASS);
 }
 extern "C" __global__ void attention_fwd_f32(const float* q1, const float* q2, const float* k1, const float* k2, const float* v, float* out, ATTENTION_ARGS) {
   attention_impl<float, 16>(q1, q2, k1, k2, v, out, ATTENTION_PASS);
+}
+
+/**
+ * dst [B, S, C] row positions[b·T + t] of batch row b ← src [B, T, C] row t, for the rows·C elements
+ * (rows = B·T) moved as raw 2- or 4-byte words. One block per source row; a row whose position lies
+ * outside [0, S) is left out (the host cannot check positions that only the device holds).
+ */
+template <typename E>
+__device__ __forceinline__ void cache_write_impl(const E* __restrict__ src, const int* __restrict__ positions, E* __restrict__ dst, int rows, int T,
+                                                 int S, int C) {
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int p = positions[r];
+    if (p < 0 || p >= S) continue;
+    block_copy_row(src + (i64)r * C, dst + ((i64)(r / T) * S + p) * C, C);
+  }
+}
+
+extern "C" __global__ void cache_write_b16(const unsigned short* src, const int* positions, unsigned short* dst, int rows, int T, int S, int C) {
+  cache_write_impl(src, positions, dst, rows, T, S, C);
+}
+extern "C" __global__ void cache_write_b32(const unsigned int* src, const int* positions, unsigned int* dst, int rows, int T, int S, int C) {
+  cache_write_impl(src, positions, dst, rows, T, S, C);
 }

@@ -19,6 +19,20 @@ template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+/**
+ * x[i] *= alpha for i = tid, tid + threads, … below n (scale_{bf16,f32}, scale_many). alpha = 0
+ * writes zeros without reading x: zeroing (the gradients before a step) clears NaN and Inf too,
+ * and moves half the bytes.
+ */
+template <typename T>
+__device__ __forceinline__ void scale_range(T* x, float alpha, i64 n, i64 tid, i64 threads) {
+  if (alpha == 0.0f) {
+    for (i64 i = tid; i < n; i += threads) x[i] = from_float<T>(0.0f);
+  } else {
+    for (i64 i = tid; i < n; i += threads) x[i] = from_float<T>(to_float(x[i]) * alpha);
+  }
+}
+
 /** Elements of T in one 16-byte vector. */
 template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
 

@@ -48,11 +48,10 @@ extern "C" __global__ void add_inplace_f32(float* a, const float* b, float alpha
 extern "C" __global__ void cast_f32_to_bf16(const float* x, bf16* y, i64 n) { cast_map(x, y, n); }
 extern "C" __global__ void cast_bf16_to_f32(const bf16* x, float* y, i64 n) { cast_map(x, y, n); }
 
-/** x[i] *= alpha (x·0 keeps NaN, like the CPU backend). */
+/** x[i] *= alpha over the grid (alpha = 0: zeros written, x not read; see scale_range). */
 template <typename T>
 __device__ __forceinline__ void scale_map(T* x, float alpha, i64 n) {
-  const i64 stride = (i64)gridDim.x * blockDim.x;
-  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) x[i] = from_float<T>(to_float(x[i]) * alpha);
+  scale_range(x, alpha, n, blockIdx.x * (i64)blockDim.x + threadIdx.x, (i64)gridDim.x * blockDim.x);
 }
 
 extern "C" __global__ void scale_bf16(bf16* x, float alpha, i64 n) { scale_map(x, alpha, n); }

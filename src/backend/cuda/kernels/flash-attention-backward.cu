@@ -6,7 +6,7 @@
 //
 // Three kernels:
 //   flash_attn_bwd_dot        D_i = Σ_d dOut_id · out_id (FP32 [B, H, Tq]), one warp per row.
-//   flash_attn_bwd            one block per 64 keys of one (b, h): K, V stay in shared memory while the
+//   flash_attn_bwd            one block per BN keys of one (b, h): K, V stay in shared memory while the
 //                             block walks the query tiles that see them (64 queries each), recomputing
 //                             P = exp(scale·S − lse) and accumulating dV += Pᵀ dO, dK += dSᵀ Q in
 //                             registers, with dS = P ∘ (dO Vᵀ − D). dQ += dS K of the tile is added
@@ -15,17 +15,27 @@
 //                             (and its last bits) varies from run to run; dK and dV are deterministic.
 //   flash_attn_bwd_dq_convert the FP32 dQ buffer → BF16 dq (when BF16 gradients are asked for).
 //
-// flash_attn_bwd: 8 warps (256 threads). Warp w = (wr = w & 3, wc = w >> 2):
+// flash_attn_bwd: BN = FAB_BN keys a block (64, 96 or 128), 2·BN/16 warps, one block an SM.
+// Warp w = (wr = w mod BN/16, wc = w div BN/16):
 //   - Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for keys 16wr..16wr+15 × queries 32wc..32wc+31 (mma.sync m16n8k16);
 //   - P and dS (BF16) go to shared memory as [key][query], so every warp can read whole rows;
 //   - dV, dK for keys 16wr..+15 × the column half wc of Dv, Dk (FP32 accumulators in registers);
-//   - dQ for queries 16wr..+15 × the column half wc of Dk (A = dS read transposed by ldmatrix.trans).
-// Query tiles are double-buffered: tile m0 + 64 (Q, dO by cp.async, lse and D) loads while m0 computes.
+//   - dQ for queries 16·(w mod 4)..+15 × the column part w div 4 of Dk (BN/32 parts of Dk; A = dS
+//     read transposed by ldmatrix.trans, k = the block's BN keys).
+// Every warp holds the same accumulators whatever BN (dK, dV of 16 keys × half the columns: DK/4 +
+// DV/4 registers), so BN = 128 halves the dQ atomics and the Q, dO reloads against BN = 64 (each query
+// tile is read and its dQ added once per key block) and doubles the warps an SM, within 128 registers
+// a thread (65536 / 512): hence Sᵀ and dPᵀ are not live together (P goes to shared memory first and
+// dS reads it back), and BN > 64 takes DK + DV ≤ 320 only.
+// Query tiles are double-buffered: tile m0 + 64 (Q, dO by cp.async, lse and D) loads while m0
+// computes, issued after the one barrier that opens tile m0 (every warp is then done with the
+// previous tile, its buffer, Pᵀ and dSᵀ); a second barrier separates writing Pᵀ, dSᵀ from reading them.
 // Masking: P = 0 where j > qStart + i, i ≥ Tq or j ≥ Tk (rows past Tq and keys past Tk are also
 // zero-filled in shared memory), so those entries add nothing anywhere.
 //
-// Head dims are compile-time: FAB_DK, FAB_DV are the actual Dk, Dv rounded up to multiples of 32
-// (≤ 256); padding columns are zero-filled and never stored. Dk, Dv multiples of 8, tensors 16-byte aligned.
+// Head dims are compile-time: FAB_DK, FAB_DV are the actual Dk, Dv rounded up (Dv to a multiple of
+// 32, Dk to a multiple of 16·BN/32 so that each dQ column part is whole m16n8k16 tile pairs; ≤ 256);
+// padding columns are zero-filled and never stored. Dk, Dv multiples of 8, tensors 16-byte aligned.
 #include "flash-common.cuh"
 
 #ifndef FAB_DK
@@ -33,6 +43,9 @@
 #endif
 #ifndef FAB_DV
 #define FAB_DV 128
+#endif
+#ifndef FAB_BN
+#define FAB_BN 128
 #endif
 
 static_assert(FAB_DK % 32 == 0 && FAB_DK >= 32 && FAB_DK <= 256, "FAB_DK: a multiple of 32 in [32, 256]");
@@ -80,10 +93,16 @@ extern "C" __global__ void flash_attn_bwd_dq_convert(const float* src, bf16* dst
 // ---- the main backward kernel ----------------------------------------------------------------------
 
 namespace fab {
-constexpr int DK = FAB_DK, DV = FAB_DV;
-constexpr int BM = 64, BN = 64, WARPS = 8, THREADS = 32 * WARPS;
+constexpr int DK = FAB_DK, DV = FAB_DV, BN = FAB_BN, BM = 64;
+constexpr int KSLABS = BN / 16;                      // 16-key slabs: warps per query half
+constexpr int WARPS = 2 * KSLABS, THREADS = 32 * WARPS;
 constexpr int SK = DK + 8, SV = DV + 8, SP = BM + 8;  // shared row strides (elements)
-constexpr int DKH = DK / 2, DVH = DV / 2;             // the column half of dK, dV, dQ a warp owns
+constexpr int DKH = DK / 2, DVH = DV / 2;             // the column half of dK, dV a warp owns
+constexpr int DQ_PARTS = WARPS / 4, DKQ = DK / DQ_PARTS;  // dQ: 4 query slabs × DQ_PARTS column parts of DKQ
+static_assert(BN == 64 || BN == 96 || BN == 128, "FAB_BN: 64, 96 or 128");
+static_assert(DKQ * DQ_PARTS == DK && DKQ % 16 == 0, "FAB_DK: a multiple of 16·FAB_BN/32");
+// dK, dV accumulators: DK/4 + DV/4 registers a thread, of the 65536/THREADS (≤ 255) there are.
+static_assert(BN == 64 || DK + DV <= 320, "FAB_BN > 64 takes FAB_DK + FAB_DV ≤ 320");
 // Shared layout (bytes): two buffers of a query tile (Q, dO, lse, D: the next tile loads while this
 // one computes), K, V (the block's keys), Pᵀ, dSᵀ.
 constexpr int Q_BYTES = BM * SK * 2, DO_BYTES = BM * SV * 2, ROW_BYTES = BM * 4;
@@ -100,13 +119,14 @@ static_assert(SHARED_BYTES <= 227 * 1024, "shared memory beyond Hopper's per-blo
 }  // namespace fab
 
 /**
- * grid (ceil(Tk/64), H, B), 256 threads, fab::SHARED_BYTES of dynamic shared memory.
+ * grid (B·H, ceil(Tk/BN)): x = b·H + h, y = the key block (block 0, the most query tiles, is
+ * dispatched first for every head: longest first). 2·BN/16 warps, fab::SHARED_BYTES of dynamic shared memory.
  * dqAcc: FP32 [B, Tq, H, Dk], zeroed by the caller, receives dQ (already multiplied by scale).
  * dk, dv: FP32 when gradF32 != 0, else BF16.
  */
-extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf16* v, const bf16* dOut, const float* lse, const float* Dsum,
-                                          float* dqAcc, void* dk, void* dv, int gradF32, int Tq, int Tk, int H, int Dk, int Dv, float scale,
-                                          int qStart) {
+extern "C" __global__ void __launch_bounds__(fab::THREADS, 1)
+    flash_attn_bwd(const bf16* q, const bf16* k, const bf16* v, const bf16* dOut, const float* lse, const float* Dsum, float* dqAcc,
+                   void* dk, void* dv, int gradF32, int Tq, int Tk, int H, int Dk, int Dv, float scale, int qStart) {
   using namespace fab;
   extern __shared__ __align__(16) unsigned char smem[];
   const u32 sBase = smem_u32(smem);
@@ -115,9 +135,10 @@ extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf
   bf16* pdS = reinterpret_cast<bf16*>(smem + OFF_DS);
 
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
-  const int wr = w & 3, wc = w >> 2;
-  const int n0 = blockIdx.x * BN;  // block 0 (the most query tiles) is dispatched first
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int wr = w % KSLABS, wc = w / KSLABS;  // Sᵀ, dPᵀ, dK, dV: key slab, query / column half
+  const int qr = w & 3, qc = w >> 2;           // dQ: query slab, column part
+  const int n0 = blockIdx.y * BN;
+  const int h = (int)(blockIdx.x % H), b = (int)(blockIdx.x / H);
   const i64 qLd = (i64)H * Dk, vLd = (i64)H * Dv;  // token strides of q, k (and dq, dk) and of v, dOut (and dv)
   const bf16* qB = q + (i64)b * Tq * qLd + (i64)h * Dk;
   const bf16* dOB = dOut + (i64)b * Tq * vLd + (i64)h * Dv;
@@ -142,11 +163,18 @@ extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf
   // B with n = query (Qᵀ, dOᵀ): rows 32wc.. of Q / dO, pairs of n-tiles.
   const u32 bQOff = (u32)(((wc * 32 + (lane >> 4) * 8 + (lane & 7)) * SK + ((lane >> 3) & 1) * 8) * 2);
   const u32 bOOff = (u32)(((wc * 32 + (lane >> 4) * 8 + (lane & 7)) * SV + ((lane >> 3) & 1) * 8) * 2);
-  // B with k = query or key rows and n = columns of the half wc (dO, Q, K), transposed.
-  const u32 bOtOff = (u32)(((((lane >> 3) & 1) * 8 + (lane & 7)) * SV + wc * DVH + (lane >> 4) * 8) * 2);
-  const u32 bQtOff = (u32)(((((lane >> 3) & 1) * 8 + (lane & 7)) * SK + wc * DKH + (lane >> 4) * 8) * 2);
-  // A = dS (query rows 16wr.., k = key) read transposed from dSᵀ [key][query].
-  const u32 aStOff = (u32)((((lane >> 4) * 8 + (lane & 7)) * SP + wr * 16 + ((lane >> 3) & 1) * 8) * 2);
+  // B with k = query or key rows and n = columns (dO, Q of the half wc; K of the dQ part qc),
+  // transposed: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15) → b0, b1
+  // of n-tile 2dp and of n-tile 2dp+1 (ldmatrix.trans of [k][n] rows gives thread (g, tig) the k pair
+  // 2tig, 2tig+1 of column g: the B layout).
+  const int bRow = ((lane >> 3) & 1) * 8 + (lane & 7), bCol = (lane >> 4) * 8;
+  const u32 bOtOff = (u32)((bRow * SV + wc * DVH + bCol) * 2);
+  const u32 bQtOff = (u32)((bRow * SK + wc * DKH + bCol) * 2);
+  const u32 bKtOff = (u32)((bRow * SK + qc * DKQ + bCol) * 2);
+  // A = dS (query rows 16qr.., k = key) read transposed from dSᵀ [key][query]: matrices (queries 0-7,
+  // keys 0-7), (queries 8-15, keys 0-7), (queries 0-7, keys 8-15), (queries 8-15, keys 8-15) → a0..a3;
+  // lane l gives key row ((l >> 4) & 1)·8 + (l & 7) at query column ((l >> 3) & 1)·8.
+  const u32 aStOff = (u32)((((lane >> 4) * 8 + (lane & 7)) * SP + qr * 16 + ((lane >> 3) & 1) * 8) * 2);
 
   // Stage query tile m0 into buffer `buf`: Q and dO by cp.async, lse (log2 units) and D by plain stores.
   auto loadTile = [&](int m0, int buf) {
@@ -167,18 +195,20 @@ extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf
   cp_async_commit();  // K, V and the first query tile
   for (int m0 = mFirst, it = 0; m0 < Tq; m0 += BM, it++) {
     const int cur = it & 1;
-    if (m0 + BM < Tq) loadTile(m0 + BM, cur ^ 1);  // its buffer was last read before the previous iteration's final barrier
-    cp_async_commit();
-    cp_async_wait<1>();  // all but the newest group: this tile (and K, V) are in
+    // One barrier opens the tile: it is in (every thread waited for its own copies), and every warp
+    // is done with the previous tile, so its buffer, Pᵀ and dSᵀ may be overwritten.
+    cp_async_wait<0>();
     __syncthreads();
+    if (m0 + BM < Tq) loadTile(m0 + BM, cur ^ 1);
+    cp_async_commit();
     const u32 sQ = sBase + OFF_Q + cur * Q_BYTES, sdO = sBase + OFF_DO + cur * DO_BYTES;
     const float* pLse = reinterpret_cast<const float*>(smem + OFF_LSE + cur * ROW_BYTES);
     const float* pD = reinterpret_cast<const float*>(smem + OFF_D + cur * ROW_BYTES);
 
-    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: keys 16wr.. × queries 32wc.. (4 n-tiles).
-    float st[4][4], dpt[4][4];
+    // Sᵀ = K Qᵀ: keys 16wr.. × queries 32wc.. (4 n-tiles).
+    float st[4][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) st[i][0] = st[i][1] = st[i][2] = st[i][3] = dpt[i][0] = dpt[i][1] = dpt[i][2] = dpt[i][3] = 0.0f;
+    for (int i = 0; i < 4; i++) st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < DK / 16; kk++) {
       u32 a[4];
@@ -191,6 +221,31 @@ extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf
         mma_bf16(st[2 * np + 1], a, bq[2], bq[3]);
       }
     }
+
+    // P = exp(scale·s − lse), masked, to shared memory as [key][query] BF16. Thread (g, tig) holds
+    // keys kl = 16wr + g (+8) × queries il = 32wc + 8nt + 2tig (+1).
+    const int kl0 = wr * 16 + g, il0 = wc * 32 + tig * 2;
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        const int j = n0 + kl0 + hh * 8;
+        float pv[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int il = il0 + nt * 8 + e, qi = m0 + il;
+          const bool ok = qi < Tq && j < Tk && j <= qStart + qi;
+          pv[e] = ok ? exp2f(fmaf(st[nt][2 * hh + e], sl2, -pLse[il])) : 0.0f;
+        }
+        *reinterpret_cast<u32*>(pP + (kl0 + hh * 8) * SP + il0 + nt * 8) = pack_bf16(pv[0], pv[1]);
+      }
+    }
+
+    // dPᵀ = V dOᵀ for the same keys × queries. Sᵀ is dead by now: only 16 accumulators live at a time
+    // beside dK, dV (the register budget of 16 warps).
+    float dpt[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) dpt[i][0] = dpt[i][1] = dpt[i][2] = dpt[i][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < DV / 16; kk++) {
       u32 a[4];
@@ -204,26 +259,16 @@ extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf
       }
     }
 
-    // P = exp(scale·s − lse) (masked), dS = P (dP − D); both to shared memory as [key][query] BF16.
+    // dS = P (dP − D) to shared memory as [key][query] BF16, with P read back as this thread stored it
+    // (its own writes: no barrier needed). P is the BF16 operand of dV as well; its rounding adds as much
+    // error to dS as dS's own rounding to BF16.
 #pragma unroll
     for (int nt = 0; nt < 4; nt++) {
 #pragma unroll
       for (int hh = 0; hh < 2; hh++) {
-        const int kl = wr * 16 + g + hh * 8;  // key row in the block
-        const int j = n0 + kl;
-        float pv[2], dv2[2];
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-          const int il = wc * 32 + nt * 8 + tig * 2 + e;  // query column in the tile
-          const int qi = m0 + il;
-          const bool ok = qi < Tq && j < Tk && j <= qStart + qi;
-          const float p = ok ? exp2f(st[nt][2 * hh + e] * sl2 - pLse[il]) : 0.0f;
-          pv[e] = p;
-          dv2[e] = p * (dpt[nt][2 * hh + e] - pD[il]);
-        }
-        const int il0 = wc * 32 + nt * 8 + tig * 2;
-        *reinterpret_cast<u32*>(pP + kl * SP + il0) = pack_bf16(pv[0], pv[1]);
-        *reinterpret_cast<u32*>(pdS + kl * SP + il0) = pack_bf16(dv2[0], dv2[1]);
+        const int at = (kl0 + hh * 8) * SP + il0 + nt * 8, il = il0 + nt * 8;
+        const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(pP + at));
+        *reinterpret_cast<u32*>(pdS + at) = pack_bf16(p.x * (dpt[nt][2 * hh] - pD[il]), p.y * (dpt[nt][2 * hh + 1] - pD[il + 1]));
       }
     }
     __syncthreads();
@@ -250,36 +295,35 @@ extern "C" __global__ void flash_attn_bwd(const bf16* q, const bf16* k, const bf
       }
     }
 
-    // dQ += scale · dS K for queries 16wr.., columns of half wc; atomically into dqAcc.
+    // dQ += scale · dS K for queries 16qr.., columns of part qc; atomically into dqAcc.
     {
-      float dq[DKH / 8][4];
+      float dq[DKQ / 8][4];
 #pragma unroll
-      for (int i = 0; i < DKH / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
+      for (int i = 0; i < DKQ / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < BN / 16; kk++) {
         u32 a[4];
         ldsm_x4_t(a, sdS + aStOff + (u32)(kk * 16 * SP * 2));
 #pragma unroll
-        for (int dp = 0; dp < DKH / 16; dp++) {
+        for (int dp = 0; dp < DKQ / 16; dp++) {
           u32 bk[4];
-          ldsm_x4_t(bk, sK + bQtOff + (u32)((kk * 16 * SK + dp * 16) * 2));
+          ldsm_x4_t(bk, sK + bKtOff + (u32)((kk * 16 * SK + dp * 16) * 2));
           mma_bf16(dq[2 * dp], a, bk[0], bk[1]);
           mma_bf16(dq[2 * dp + 1], a, bk[2], bk[3]);
         }
       }
 #pragma unroll
       for (int hh = 0; hh < 2; hh++) {
-        const int qi = m0 + wr * 16 + g + hh * 8;
+        const int qi = m0 + qr * 16 + g + hh * 8;
         if (qi >= Tq) continue;
         float* row = dqAcc + (((i64)b * Tq + qi) * H + h) * Dk;
 #pragma unroll
-        for (int nt = 0; nt < DKH / 8; nt++) {
-          const int col = wc * DKH + nt * 8 + tig * 2;
+        for (int nt = 0; nt < DKQ / 8; nt++) {
+          const int col = qc * DKQ + nt * 8 + tig * 2;
           if (col < Dk) red_add_f32x2(row + col, dq[nt][2 * hh] * scale, dq[nt][2 * hh + 1] * scale);
         }
       }
     }
-    __syncthreads();  // the next iteration overwrites Pᵀ, dSᵀ and (prefetching) this tile's buffer
   }
   cp_async_wait<0>();  // K and V when no query tile saw these keys
 

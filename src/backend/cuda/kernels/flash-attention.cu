@@ -4,24 +4,32 @@
 //   out [B, Tq, H, Dv] (BF16), lse [B, H, Tq] (FP32, natural log of Σ_j exp(scale·q_i·k_j)),
 //   query i sits at absolute position qStart + i and sees keys j ≤ qStart + i, j < Tk.
 //
-// The [Tq, Tk] scores never reach memory: a block owns 64 query rows of one (b, h) and walks the
+// The [Tq, Tk] scores never reach memory: a block owns BM query rows of one (b, h) and walks the
 // visible keys 64 at a time with an online softmax (running max m and sum l per row, the output
 // accumulator rescaled by exp(m_old − m_new) whenever the max grows). FP32 accumulation; P is
 // rounded to BF16 for the P·V product, as in FlashAttention-2.
 //
 // Layout of the work:
-//   - 4 warps (128 threads); warp w owns query rows 16w..16w+15 of the block's 64.
+//   - BM = FA_BM (64 or 128) query rows, BM/16 warps; warp w owns query rows 16w..16w+15 of the
+//     block's BM. 128 rows read each K/V tile into shared memory for twice the rows (half the
+//     traffic from L2 per query) with the same registers per thread; 64 rows make twice the blocks,
+//     for short sequences.
 //   - S = Q Kᵀ and O += P V with mma.sync.m16n8k16 (BF16 in, FP32 out), operands fetched from
 //     shared memory with ldmatrix (V with .trans). P goes from the S accumulators straight into
 //     A fragments (the C layout of two n8 tiles is the A layout of one k16 step).
 //   - Q is staged once; K/V tiles are double-buffered with cp.async (tile t+1 loads while tile t
-//     computes). Shared rows are padded by 8 elements so ldmatrix is bank-conflict free.
+//     computes), with one barrier a tile: tile t+1's copy is issued after the barrier that opens
+//     tile t, when every warp is done with tile t−1 and so with its buffer. Shared rows are padded
+//     by 8 elements so ldmatrix is bank-conflict free.
 //   - Q fragments stay in registers when they fit beside the output accumulator (Dk = 192, Dv = 128:
 //     48 + 64 registers), else they are re-read from shared memory each tile.
-//   - Causal mask and tails: every score gets `j ≤ qStart + i && j < Tk` (else −inf); rows past Tq
-//     and keys past the block's last visible key are zero-filled by cp.async and never stored.
-//     A fully masked row keeps m = −inf and contributes nothing (the exp uses 0 in place of −inf).
-//   - Blocks take query blocks last-first, so the longest (most keys) start first.
+//   - Causal mask and tails: scores of tiles that reach past a row's last key or past Tk get
+//     `j ≤ qStart + i && j < Tk` (else −inf); rows past Tq and keys past the block's last visible
+//     key are zero-filled by cp.async and never stored. A fully masked row keeps m = −inf and
+//     contributes nothing (the exp uses 0 in place of −inf). A warp skips the tiles none of its
+//     rows sees (the last ones of a 128-row block) and a block tail's warps past Tq.
+//   - Blocks are dispatched (b, h) fastest and query blocks last-first, so the longest (most keys)
+//     start first across all heads.
 //
 // Head dims are compile-time (padded): FA_DK, FA_DV are the actual Dk, Dv rounded up to multiples
 // of 16 (≤ 256); the padding columns are zero-filled on load and never stored. The host compiles one
@@ -35,6 +43,9 @@
 #ifndef FA_DV
 #define FA_DV 128
 #endif
+#ifndef FA_BM
+#define FA_BM 128
+#endif
 
 static_assert(FA_DK % 16 == 0 && FA_DK >= 16 && FA_DK <= 256, "FA_DK: a multiple of 16 in [16, 256]");
 static_assert(FA_DV % 16 == 0 && FA_DV >= 16 && FA_DV <= 256, "FA_DV: a multiple of 16 in [16, 256]");
@@ -45,7 +56,8 @@ static_assert(FA_DV % 16 == 0 && FA_DV >= 16 && FA_DV <= 256, "FA_DV: a multiple
 
 namespace fa {
 constexpr int DK = FA_DK, DV = FA_DV;
-constexpr int BM = 64, BN = 64, WARPS = 4, THREADS = 32 * WARPS;
+constexpr int BM = FA_BM, BN = 64, WARPS = BM / 16, THREADS = 32 * WARPS;
+static_assert(BM == 64 || BM == 128, "FA_BM: 64 or 128");
 constexpr int SK = DK + 8, SV = DV + 8;  // shared row strides (elements)
 constexpr int KSTEPS = DK / 16;
 /** Q's A fragments in registers when they fit beside the output accumulator. */
@@ -66,8 +78,8 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
   const u32 sV0 = sK0 + 2 * BN * SK * 2;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
-  const int m0 = (int)(gridDim.x - 1 - blockIdx.x) * BM;
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int m0 = (int)(gridDim.y - 1 - blockIdx.y) * BM;
+  const int h = (int)(blockIdx.x % H), b = (int)(blockIdx.x / H);
   const i64 qLd = (i64)H * Dk, kLd = (i64)H * Dk, vLd = (i64)H * Dv, oLd = (i64)H * Dv;
   const bf16* qB = q + ((i64)b * Tq + m0) * qLd + (i64)h * Dk;
   const bf16* kB = k + (i64)b * Skv * kLd + (i64)h * Dk;
@@ -92,6 +104,11 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
   const float sl2 = scale * LOG2E_F;
   const int qi0 = m0 + warp * 16 + g;  // this thread's query rows: qi0 and qi0 + 8
   const int last0 = qStart + qi0;      // the last key row qi0 sees (row qi0 + 8: last0 + 8)
+  // The warp's rows see keys up to qStart + m0 + 16·warp + 15 and exist below Tq.
+  const int warpLast = qStart + m0 + warp * 16 + 15;
+  const bool warpRows = m0 + warp * 16 < Tq;
+  // Tiles that end at or before this key need no mask for any row of the block: [0, fullEnd).
+  const int fullEnd = min(Tk, qStart + m0 + 1);
 
   // Per-lane byte offsets of the ldmatrix row addresses.
   // A (Q rows of this warp): matrices (rows 0-7 | 8-15) × (cols 0-7 | 8-15) → a0..a3.
@@ -105,23 +122,24 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
 
   for (int t = 0; t < nTiles; t++) {
     const int n0 = t * BN;
+    cp_async_wait<0>();  // Q and tile t are in (this thread's copies; the barrier makes them everyone's)
+    __syncthreads();     // ... and every warp is done with tile t − 1, whose buffer tile t + 1 takes
     if (t + 1 < nTiles) {
       const int n1 = n0 + BN;
       const u32 buf = (u32)((t + 1) & 1);
       load_rows<DK, SK, BN, THREADS>(sK0 + buf * (BN * SK * 2), kB + n1 * kLd, kLd, kvEnd - n1, Dk, tid);
       load_rows<DV, SV, BN, THREADS>(sV0 + buf * (BN * SV * 2), vB + n1 * vLd, vLd, kvEnd - n1, Dv, tid);
     }
-    cp_async_commit();  // possibly empty: keeps one group per iteration
-    cp_async_wait<1>();  // everything but the newest group: Q and tile t are in
-    __syncthreads();
-    const u32 cK = sK0 + (u32)(t & 1) * (BN * SK * 2);
-    const u32 cV = sV0 + (u32)(t & 1) * (BN * SV * 2);
+    cp_async_commit();
     if constexpr (QREG) {
       if (t == 0) {
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; kk++) ldsm_x4(qf[kk], sQ + aOff + kk * 32);
       }
     }
+    if (!warpRows || n0 > warpLast) continue;  // warp-uniform: none of the warp's rows sees this tile
+    const u32 cK = sK0 + (u32)(t & 1) * (BN * SK * 2);
+    const u32 cV = sV0 + (u32)(t & 1) * (BN * SV * 2);
 
     // S = Q Kᵀ for this warp's 16 rows × 64 keys.
     float s[BN / 8][4];
@@ -147,31 +165,34 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
       }
     }
 
-    // Mask (causal and the key tail), scale into the log2 domain.
+    // Mask (causal and the key tail) where the tile reaches past the first row's last key or Tk.
+    if (n0 + BN > fullEnd) {
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; nt++) {
+      for (int nt = 0; nt < BN / 8; nt++) {
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int j = n0 + nt * 8 + tig * 2 + (e & 1);
-        const bool ok = j <= last0 + (e >> 1) * 8 && j < Tk;
-        s[nt][e] = ok ? s[nt][e] * sl2 : NEG_INF;
+        for (int e = 0; e < 4; e++) {
+          const int j = n0 + nt * 8 + tig * 2 + (e & 1);
+          if (!(j <= last0 + (e >> 1) * 8 && j < Tk)) s[nt][e] = NEG_INF;
+        }
       }
     }
 
-    // Online softmax: rows g (r = 0) and g + 8 (r = 1); a row's 64 columns live in the 4 threads of a quad.
+    // Online softmax: rows g (r = 0) and g + 8 (r = 1); a row's 64 columns live in the 4 threads of a
+    // quad. The max is taken on the raw scores (scale > 0 keeps the order) and scaled once; each
+    // p = 2^(s·scale·log2 e − m) is one FMA and one exp2.
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-      float mx = mr[r];
+      float mx = NEG_INF;
 #pragma unroll
       for (int nt = 0; nt < BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = quad_max(mx);
+      mx = fmaxf(mr[r], quad_max(mx) * sl2);
       const float mUse = mx == NEG_INF ? 0.0f : mx;
       const float alpha = exp2f(mr[r] - mUse);
       mr[r] = mx;
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < BN / 8; nt++) {
-        const float p0 = exp2f(s[nt][2 * r] - mUse), p1 = exp2f(s[nt][2 * r + 1] - mUse);
+        const float p0 = exp2f(fmaf(s[nt][2 * r], sl2, -mUse)), p1 = exp2f(fmaf(s[nt][2 * r + 1], sl2, -mUse));
         s[nt][2 * r] = p0;
         s[nt][2 * r + 1] = p1;
         sum += p0 + p1;
@@ -200,7 +221,6 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
         mma_bf16(o[2 * dp + 1], a, bv[2], bv[3]);
       }
     }
-    __syncthreads();  // the next iteration's cp.async overwrites this tile's buffer
   }
   cp_async_wait<0>();
 
@@ -222,10 +242,11 @@ __device__ __forceinline__ void flash_fwd_impl(const bf16* __restrict__ q, const
 }
 
 /**
- * grid (ceil(Tq/64), H, B), 128 threads, fa::SHARED_BYTES of dynamic shared memory.
- * lse may be null (inference: no log-sum-exp kept).
+ * grid (B·H, ceil(Tq/BM)): x = b·H + h, y = the query block counted from the last (longest first).
+ * BM/16 warps, fa::SHARED_BYTES of dynamic shared memory. lse may be null (inference: no log-sum-exp kept).
  */
-extern "C" __global__ void flash_attn_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int Tq, int Tk, int Skv, int H,
-                                          int Dk, int Dv, float scale, int qStart) {
+extern "C" __global__ void __launch_bounds__(fa::THREADS) flash_attn_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse,
+                                                                         int Tq, int Tk, int Skv, int H, int Dk, int Dv, float scale,
+                                                                         int qStart) {
   flash_fwd_impl<fa::Q_IN_REGS>(q, k, v, out, lse, Tq, Tk, Skv, H, Dk, Dv, scale, qStart);
 }

@@ -1,8 +1,11 @@
 // Absorbed MLA attention over the latent cache on tensor cores (Backend.mlaLatentAttention):
 //
 //   qLat [B, Tq, H, C], qPe [B, Tq, H, R], ckv [B, S, C], kpe [B, S, R] (BF16; first kvLen of S valid)
-//   score(i, j) = (qLat_i·ckv_j + qPe_i·kpe_j)·scale, causal (token t sits at qStart + t and sees
-//   j ≤ qStart + t, j < kvLen), out_i = Σ_j p_ij ckv_j → out [B, Tq, H, C] (BF16).
+//   score(i, j) = (qLat_i·ckv_j + qPe_i·kpe_j)·scale, causal (token t of batch row b sits at
+//   positions[b·Tq + t] when `positions` is given, else at qStart + t, and sees positions j up to
+//   its own, j < kvLen), out_i = Σ_j p_ij ckv_j → out [B, Tq, H, C] (BF16).
+// Positions read on the device let a captured decode step run unchanged at every position: the
+// host then passes kvLen = S, and the splits past a row's position find nothing to do.
 //
 // Every head attends to the same latent rows, so the (token, head) pairs of one batch row form a
 // [Tq·H, ·] matrix of queries against one shared key/value matrix (multi-query attention with key
@@ -63,6 +66,11 @@ static_assert(SHARED_BYTES <= 227 * 1024, "shared memory beyond Hopper's per-blo
 static_assert(BN == 8 * WARPS, "one key n-tile per warp");
 }  // namespace mla
 
+/** The position of token t of batch row b. */
+__device__ __forceinline__ int query_position(const int* positions, int b, int Tq, int t, int qStart) {
+  return positions ? positions[(i64)b * Tq + t] : qStart + t;
+}
+
 /**
  * Stage ROWS rows [a (C columns) ; p (R columns) ; 0 …] into shared rows of mla::SK elements:
  * rows ≥ rowsValid are zero-filled.
@@ -84,13 +92,14 @@ __device__ __forceinline__ void load_cat(u32 sAddr, const bf16* a, const bf16* p
 }
 
 /**
- * grid (ceil(Tq·H / (16·MLA_MT)), splits, B), 256 threads, mla::SHARED_BYTES of dynamic shared memory.
+ * grid (ceil(Tq·H / (16·MLA_MT)), splits, B), 256 threads, mla::SHARED_BYTES of dynamic shared memory;
+ * positions [B·Tq] i32 or null (then token t sits at qStart + t).
  * One split (gridDim.y == 1): writes out. Several: oPart [splits, B·Tq·H, C] FP32 (normalised
  * partial outputs) and lsePart [splits, B·Tq·H] (log2 of the partial sums of 2^(scale·log2e·s)),
  * −inf where the split saw no position; mla_decode_combine then writes out.
  */
-extern "C" __global__ void mla_decode(const bf16* qLat, const bf16* qPe, const bf16* ckv, const bf16* kpe, bf16* out, float* oPart,
-                                      float* lsePart, int Tq, int H, int S, int kvLen, int qStart, int tilesPerSplit, float scale) {
+extern "C" __global__ void mla_decode(const bf16* qLat, const bf16* qPe, const bf16* ckv, const bf16* kpe, const int* positions, bf16* out,
+                                      float* oPart, float* lsePart, int Tq, int H, int S, int kvLen, int qStart, int tilesPerSplit, float scale) {
   using namespace mla;
   extern __shared__ __align__(16) unsigned char smem[];
   const u32 sBase = smem_u32(smem);
@@ -103,8 +112,9 @@ extern "C" __global__ void mla_decode(const bf16* qLat, const bf16* qPe, const b
   const int rows = Tq * H;
   const int r0 = blockIdx.x * MR, split = blockIdx.y, b = blockIdx.z;
   const int splits = gridDim.y, B = gridDim.z;
-  const int tokLast = (min(rows, r0 + MR) - 1) / H;
-  const int blockEnd = min(kvLen, qStart + tokLast + 1);  // positions any row of the block sees
+  int seen = 0;  // positions any row of the block sees
+  for (int t = r0 / H; t <= (min(rows, r0 + MR) - 1) / H; t++) seen = max(seen, query_position(positions, b, Tq, t, qStart) + 1);
+  const int blockEnd = min(kvLen, seen);
   const int kBeg = split * tilesPerSplit * BN;
   const int kEnd = min(blockEnd, kBeg + tilesPerSplit * BN);
   const int nTiles = kEnd > kBeg ? (kEnd - kBeg + BN - 1) / BN : 0;
@@ -128,7 +138,7 @@ extern "C" __global__ void mla_decode(const bf16* qLat, const bf16* qPe, const b
     for (int hh = 0; hh < 2; hh++) {
       mr[mt][hh] = NEG_INF;
       lr[mt][hh] = 0.0f;
-      lastKey[mt][hh] = qStart + (r0 + mt * 16 + g + hh * 8) / H;
+      lastKey[mt][hh] = query_position(positions, b, Tq, min((r0 + mt * 16 + g + hh * 8) / H, Tq - 1), qStart);
     }
   const float sl2 = scale * LOG2E_F;
 

@@ -6,6 +6,8 @@
 //                          The partials depend only on the table, not on the grid: the same
 //                          inputs give the same bits every run (sum_f64 in reduce.cu adds them).
 //   scale_many             x *= alpha over every chunk (like scale_{bf16,f32}); extra as above.
+//                          alpha = 0 writes zeros without reading x, clearing NaN and Inf too:
+//                          what zeroing the gradients before a step wants, at half the bytes.
 //   cast_f32_to_bf16_many  y = bf16(x) (like cast_f32_to_bf16); extra = the address of y.
 //   add_many               y += x in FP32, y at the address, x (FP32) at extra.
 // blockDim.x is a multiple of 32 (at most 1024).
@@ -49,13 +51,8 @@ extern "C" __global__ void sum_squares_many(const i64* table, int tensors, int c
 extern "C" __global__ void scale_many(const i64* table, int tensors, int chunks, i64 chunkElems, float alpha) {
   for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
     const Chunk k = find_chunk(table, tensors, c, chunkElems);
-    if (k.extra) {
-      bf16* x = reinterpret_cast<bf16*>(k.address) + k.start;
-      for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) x[i] = from_float<bf16>(to_float(x[i]) * alpha);
-    } else {
-      float* x = reinterpret_cast<float*>(k.address) + k.start;
-      for (i64 i = threadIdx.x; i < k.count; i += blockDim.x) x[i] = x[i] * alpha;
-    }
+    if (k.extra) scale_range(reinterpret_cast<bf16*>(k.address) + k.start, alpha, k.count, threadIdx.x, blockDim.x);
+    else scale_range(reinterpret_cast<float*>(k.address) + k.start, alpha, k.count, threadIdx.x, blockDim.x);
   }
 }
 

@@ -1,23 +1,31 @@
 // AdamW (Backend.adamw, Backend.adamwMany) in place on FP32 master weights p, FP32 (or BF16)
-// gradients g and FP32 moments m, v, in the CPU backend's arithmetic order (torch's): with
-// c1 = 1 − β1^t, c2 = 1 − β2^t,
+// gradients g and FP32 (or BF16) moments m, v, in the CPU backend's arithmetic order (torch's):
+// with c1 = 1 − β1^t, c2 = 1 − β2^t and s the gradient scale (global-norm clipping),
+//   g ← s·g                                               (in registers: the gradient is not written)
 //   m ← β1·m + (1 − β1)·g,   v ← β2·v + (1 − β2)·g²      (each rounded to BF16 when momentsBf16)
 //   p ← p·(1 − lr·wd) − lr·(m / c1) / (sqrt(v / c2) + eps)
+// Moments stored in BF16 come with momentsBf16, so storing them is exact: the same values as FP32
+// moments rounded to BF16. Where p has a BF16 copy (the backend's copy of a weight for BF16 GEMMs),
+// bf16(p) (round to nearest even, what a cast afterwards would give) is written to it as well, so
+// the copy is up to date without a pass of its own.
 // The host computes the scalar factors (1 − β, c1, c2, the decay) in FP64 and passes them as floats.
 // Every rounding is spelled out (AdamW::step) — FMA or not, which operands — so that no compiler
 // contraction choice can differ between the kernels: an element gets the same bits from adamw_f32
 // and from adamw_many, in the vector loop or the element-wise one, whatever its chunk.
 //
-//   adamw_f32   one tensor, a grid-stride loop.
-//   adamw_many  many tensors in one launch, over the table of multi-tensor.cuh with 8 i64 per tensor:
-//                 [p, element count, first chunk, g, m, v, decay, gradient type]
-//               decay = 1 − lr·wd of the tensor as FP32 bits in the low word; gradient type 1 for
-//               BF16 (read as is: widening BF16 is exact), 0 for FP32. Blocks stride over the chunks.
+//   adamw_f32   one tensor with an FP32 gradient, a grid-stride loop.
+//   adamw_many  many tensors in one launch, over the table of multi-tensor.cuh with 10 i64 per tensor:
+//                 [p, element count, first chunk, g, m, v, decay, gradient type, moment type, copy]
+//               decay = 1 − lr·wd of the tensor as FP32 bits in the low word; gradient and moment
+//               types 1 for BF16 (read as is: widening BF16 is exact), 0 for FP32; copy the address
+//               of p's BF16 copy, or 0 for none. Blocks stride over the chunks.
 //
-// Memory-bound (28 bytes per element): when all four arrays are 16-byte aligned (a BF16 gradient:
-// 8-byte), a loop over float4 vectors takes two vectors of each array per thread and pass (a stride
-// apart), all eight loads issued before any arithmetic: 128 bytes in flight per thread. The few
-// elements past the last whole vector, and unaligned arrays, take the element-wise loop.
+// Memory-bound: per element p, g, m, v read and p, m, v written, 28 bytes with FP32 moments and
+// gradient, 20 with BF16 moments, 2 more with a BF16 copy written, 2 fewer with a BF16 gradient.
+// When every array allows vectors of 4 elements (FP32: 16-byte aligned, BF16: 8-byte), a loop over
+// such vectors takes two of each array per thread and pass (a stride apart), all eight loads issued
+// before any arithmetic. The few elements past the last whole vector, and unaligned arrays, take
+// the element-wise loop.
 #include "multi-tensor.cuh"
 
 // IEEE operations that the compiler must neither fuse nor reorder. The CPU emulator compiles this
@@ -37,15 +45,16 @@ inline float sqrt_rn(float a) { return sqrtf(a); }
 __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
 struct AdamW {
-  float lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps;
+  float lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, gradScale;
   int momentsBf16;
 
   /**
-   * One element, in place: m = fma(g, 1−β1, β1·m), v = fma(g, (1−β2)·g, β2·v) (the contractions
-   * nvcc made of the source expressions above), p = fma(p, decay, −u) with
+   * One element, in place: g = s·g0, m = fma(g, 1−β1, β1·m), v = fma(g, (1−β2)·g, β2·v) (the
+   * contractions nvcc made of the source expressions above), p = fma(p, decay, −u) with
    * u = (lr·(m / c1)) / (sqrt(v / c2) + eps), each operation rounded once.
    */
-  __device__ __forceinline__ void step(float& p, float g, float& m, float& v) const {
+  __device__ __forceinline__ void step(float& p, float g0, float& m, float& v) const {
+    const float g = mul_rn(g0, gradScale);
     float mi = fmaf(g, oneMinusBeta1, mul_rn(beta1, m));
     float vi = fmaf(g, mul_rn(oneMinusBeta2, g), mul_rn(beta2, v));
     if (momentsBf16) {
@@ -66,71 +75,100 @@ struct AdamW {
   }
 };
 
-// Gradient access by type: vector i (4 elements) and alignment for vector loads.
-__device__ __forceinline__ float4 load_grad4(const float* g, i64 i) { return reinterpret_cast<const float4*>(g)[i]; }
-__device__ __forceinline__ float4 load_grad4(const bf16* g, i64 i) {
-  const uint2 r = reinterpret_cast<const uint2*>(g)[i];
+// Access by storage type: vector i (4 elements) as FP32, and whether an array allows such vectors.
+__device__ __forceinline__ float4 load4(const float* x, i64 i) { return reinterpret_cast<const float4*>(x)[i]; }
+__device__ __forceinline__ float4 load4(const bf16* x, i64 i) {
+  const uint2 r = reinterpret_cast<const uint2*>(x)[i];
   // BF16 → FP32 is the bit pattern shifted into the high half (what __bfloat162float does)
   return make_float4(__int_as_float((int)(r.x << 16)), __int_as_float((int)(r.x & 0xffff0000u)), __int_as_float((int)(r.y << 16)),
                      __int_as_float((int)(r.y & 0xffff0000u)));
 }
-__device__ __forceinline__ bool grad_vector_aligned(const float* g) { return aligned16(g); }
-__device__ __forceinline__ bool grad_vector_aligned(const bf16* g) { return (reinterpret_cast<u64>(g) & 7) == 0; }
+__device__ __forceinline__ void store4(float* x, i64 i, const float4& y) { reinterpret_cast<float4*>(x)[i] = y; }
+/** bf16(lo) in the low half, bf16(hi) in the high half (round to nearest even, like __float2bfloat16_rn everywhere). */
+__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) {
+  return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+__device__ __forceinline__ void store4(bf16* x, i64 i, const float4& y) { reinterpret_cast<uint2*>(x)[i] = make_uint2(bf16_pair(y.x, y.y), bf16_pair(y.z, y.w)); }
+__device__ __forceinline__ bool vector_aligned(const float* x) { return aligned16(x); }
+__device__ __forceinline__ bool vector_aligned(const bf16* x) { return (reinterpret_cast<u64>(x) & 7) == 0; }
 
-/** AdamW on elements [0, n) of p, g, m, v: thread `tid` of `threads` takes every threads-th vector (or element). */
-template <typename G>
-__device__ __forceinline__ void adamw_range(const AdamW& h, float* p, const G* g, float* m, float* v, i64 n, i64 tid, i64 threads) {
+/** Write back vector i of p, m, v, and of p's BF16 copy unless it is null. */
+template <typename M>
+__device__ __forceinline__ void store_step4(float* p, M* m, M* v, bf16* copy, i64 i, const float4& pi, const float4& mi, const float4& vi) {
+  store4(m, i, mi);
+  store4(v, i, vi);
+  store4(p, i, pi);
+  if (copy) store4(copy, i, pi);
+}
+
+/**
+ * AdamW on elements [0, n) of p, g, m, v and of p's BF16 copy (null: none): thread `tid` of
+ * `threads` takes every threads-th vector (or element).
+ */
+template <typename G, typename M>
+__device__ __forceinline__ void adamw_range(const AdamW& h, float* p, const G* g, M* m, M* v, bf16* copy, i64 n, i64 tid, i64 threads) {
   i64 scalarFrom = 0;
-  if (aligned16(p) && grad_vector_aligned(g) && aligned16(m) && aligned16(v)) {
+  if (vector_aligned(p) && vector_aligned(g) && vector_aligned(m) && vector_aligned(v) && (!copy || vector_aligned(copy))) {
     const i64 nv = n / 4;
-    float4* p4 = reinterpret_cast<float4*>(p);
-    float4* m4 = reinterpret_cast<float4*>(m);
-    float4* v4 = reinterpret_cast<float4*>(v);
     i64 i = tid;
     for (; i + threads < nv; i += 2 * threads) {
       const i64 j = i + threads;
-      float4 ga = load_grad4(g, i), ma = m4[i], va = v4[i], pa = p4[i];
-      float4 gb = load_grad4(g, j), mb = m4[j], vb = v4[j], pb = p4[j];
+      float4 ga = load4(g, i), ma = load4(m, i), va = load4(v, i), pa = load4(p, i);
+      float4 gb = load4(g, j), mb = load4(m, j), vb = load4(v, j), pb = load4(p, j);
       h.step4(pa, ga, ma, va);
       h.step4(pb, gb, mb, vb);
-      m4[i] = ma;
-      v4[i] = va;
-      p4[i] = pa;
-      m4[j] = mb;
-      v4[j] = vb;
-      p4[j] = pb;
+      store_step4(p, m, v, copy, i, pa, ma, va);
+      store_step4(p, m, v, copy, j, pb, mb, vb);
     }
     if (i < nv) {
-      float4 ga = load_grad4(g, i), ma = m4[i], va = v4[i], pa = p4[i];
+      float4 ga = load4(g, i), ma = load4(m, i), va = load4(v, i), pa = load4(p, i);
       h.step4(pa, ga, ma, va);
-      m4[i] = ma;
-      v4[i] = va;
-      p4[i] = pa;
+      store_step4(p, m, v, copy, i, pa, ma, va);
     }
     scalarFrom = nv * 4;
   }
-  for (i64 i = scalarFrom + tid; i < n; i += threads) h.step(p[i], to_float(g[i]), m[i], v[i]);
+  for (i64 i = scalarFrom + tid; i < n; i += threads) {
+    float pi = p[i], mi = to_float(m[i]), vi = to_float(v[i]);
+    h.step(pi, to_float(g[i]), mi, vi);
+    m[i] = from_float<M>(mi);
+    v[i] = from_float<M>(vi);
+    p[i] = pi;
+    if (copy) copy[i] = from_float<bf16>(pi);
+  }
 }
 
-extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, i64 n, float lr, float beta1, float beta2, float oneMinusBeta1,
-                                     float oneMinusBeta2, float c1, float c2, float decay, float eps, int momentsBf16) {
-  const AdamW h{lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, momentsBf16};
-  adamw_range(h, p, g, m, v, n, blockIdx.x * (i64)blockDim.x + threadIdx.x, (i64)gridDim.x * blockDim.x);
+/** adamw_range on elements [start, start + n) of one tensor, its moments of the type given at run time (1: BF16, 0: FP32). */
+template <typename G>
+__device__ __forceinline__ void adamw_tensor(const AdamW& h, float* p, const G* g, void* m, void* v, i64 momentType, bf16* copy, i64 start, i64 n,
+                                             i64 tid, i64 threads) {
+  p += start;
+  g += start;
+  if (copy) copy += start;
+  if (momentType) adamw_range(h, p, g, static_cast<bf16*>(m) + start, static_cast<bf16*>(v) + start, copy, n, tid, threads);
+  else adamw_range(h, p, g, static_cast<float*>(m) + start, static_cast<float*>(v) + start, copy, n, tid, threads);
 }
 
-#define ADAMW_TABLE_WORDS 8
+extern "C" __global__ void adamw_f32(float* p, const float* g, void* m, void* v, bf16* copy, i64 n, float lr, float beta1, float beta2,
+                                     float oneMinusBeta1, float oneMinusBeta2, float c1, float c2, float decay, float eps, float gradScale,
+                                     int momentsBf16, int momentType) {
+  const AdamW h{lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, gradScale, momentsBf16};
+  adamw_tensor(h, p, g, m, v, momentType, copy, 0, n, blockIdx.x * (i64)blockDim.x + threadIdx.x, (i64)gridDim.x * blockDim.x);
+}
+
+#define ADAMW_TABLE_WORDS 10
 
 extern "C" __global__ void adamw_many(const i64* table, int tensors, int chunks, i64 chunkElems, float lr, float beta1, float beta2, float oneMinusBeta1,
-                                      float oneMinusBeta2, float c1, float c2, float eps, int momentsBf16) {
+                                      float oneMinusBeta2, float c1, float c2, float eps, float gradScale, int momentsBf16) {
   for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
     const TableChunk k = find_table_chunk<ADAMW_TABLE_WORDS>(table, tensors, c, chunkElems);
     const i64* e = k.entry;
     const float decay = __int_as_float((int)(e[6] & 0xffffffff));
-    const AdamW h{lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, momentsBf16};
-    float* p = reinterpret_cast<float*>(e[0]) + k.start;
-    float* m = reinterpret_cast<float*>(e[4]) + k.start;
-    float* v = reinterpret_cast<float*>(e[5]) + k.start;
-    if (e[7]) adamw_range(h, p, reinterpret_cast<const bf16*>(e[3]) + k.start, m, v, k.count, threadIdx.x, blockDim.x);
-    else adamw_range(h, p, reinterpret_cast<const float*>(e[3]) + k.start, m, v, k.count, threadIdx.x, blockDim.x);
+    const AdamW h{lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, gradScale, momentsBf16};
+    float* p = reinterpret_cast<float*>(e[0]);
+    void* m = reinterpret_cast<void*>(e[4]);
+    void* v = reinterpret_cast<void*>(e[5]);
+    bf16* copy = reinterpret_cast<bf16*>(e[9]);
+    if (e[7]) adamw_tensor(h, p, reinterpret_cast<const bf16*>(e[3]), m, v, e[8], copy, k.start, k.count, threadIdx.x, blockDim.x);
+    else adamw_tensor(h, p, reinterpret_cast<const float*>(e[3]), m, v, e[8], copy, k.start, k.count, threadIdx.x, blockDim.x);
   }
 }

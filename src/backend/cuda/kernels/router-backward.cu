@@ -11,11 +11,13 @@
 // The K chosen experts of a token are distinct, so lane k < K updates ds[idx_k] alone.
 // Dynamic shared memory: E floats per warp. K ≤ 32.
 //
-// sequence_balance_loss, one block per sequence b of `seq` tokens n = b·seq + t:
-//   f_e = E / (K·seq) · #{(t, k): idx[t, k] = e}                    (shared memory, E floats)
-//   loss_b = α / (batch·seq) · Σ_t (Σ_e f_e s_te) / Z_t,  Z_t = Σ_e s_te
-//   dScores[t, e] = α / (batch·seq·Z_t) · (f_e − (Σ_e' f_e' s_te') / Z_t)
-// (f counts choices, so it has no gradient). lossPerSeq[b] = loss_b; the host sums over b.
+// The sequence-wise balance loss of `batch` sequences of `seq` tokens n = b·seq + t, in two kernels
+// spread over the whole GPU (one block per sequence left a 4096-token sequence on one SM):
+//   balance_counts           counts[b, e] = #{(t, k): idx[t, k] = e}          (integers: exact in any order)
+//   sequence_balance_loss    with f_e = E / (K·seq) · counts[b, e]:
+//     lossPart[b, block] = α / (batch·seq) · Σ_{t of the block} (Σ_e f_e s_te) / Z_t,  Z_t = Σ_e s_te
+//     dScores[t, e] = α / (batch·seq·Z_t) · (f_e − (Σ_e' f_e' s_te') / Z_t)
+// (f counts choices, so it has no gradient). The host sums lossPart row by row, in a fixed order.
 #include "common.cuh"
 
 template <typename T>
@@ -72,27 +74,42 @@ extern "C" __global__ void router_bwd_f32(const float* scores, const int* indice
   router_bwd_impl(scores, indices, dWeights, dScores, dLogits, ROUTER_BWD_PASS);
 }
 
-/** Grid = batch blocks; blockDim.x a multiple of 32; dynamic shared memory E floats. */
-extern "C" __global__ void sequence_balance_loss(const float* scores, const int* indices, float* dScores, float* lossPerSeq, int batch, int seq, int E, int K,
-                                                 float alpha) {
-  extern __shared__ float balanceShared[];
-  float* f = balanceShared;
-  const int b = blockIdx.x;
-  const i64 n0 = (i64)b * seq;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) f[e] = 0.0f;
+/** Grid (chunks of seq·K choices, batch); counts [batch, E] zeroed before; dynamic shared memory E ints. */
+extern "C" __global__ void balance_counts(const int* indices, int* counts, int seq, int E, int K) {
+  extern __shared__ int blockCounts[];
+  const int b = blockIdx.y;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) blockCounts[e] = 0;
   __syncthreads();
-  for (int i = threadIdx.x; i < seq * K; i += blockDim.x) {
-    const int e = indices[n0 * K + i];
-    if (e >= 0 && e < E) atomicAdd(f + e, 1.0f);  // integer counts: exact in any order
+  const i64 choices = (i64)seq * K;
+  const int* idx = indices + (i64)b * choices;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < choices; i += (i64)gridDim.x * blockDim.x) {
+    const int e = idx[i];
+    if (e >= 0 && e < E) atomicAdd(blockCounts + e, 1);
   }
   __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    if (blockCounts[e] != 0) atomicAdd(counts + (i64)b * E + e, blockCounts[e]);
+  }
+}
+
+/**
+ * Grid (blocks of `tokensPerBlock` tokens, batch); blockDim.x a multiple of 32 (a warp per token);
+ * dynamic shared memory E floats. lossPart [batch, gridDim.x].
+ */
+extern "C" __global__ void sequence_balance_loss(const float* scores, const int* counts, float* dScores, float* lossPart, int batch, int seq, int E, int K,
+                                                 int tokensPerBlock, float alpha) {
+  extern __shared__ float balanceShared[];
+  float* f = balanceShared;
+  const int b = blockIdx.y;
   const float fScale = (float)E / ((float)K * (float)seq);
-  for (int e = threadIdx.x; e < E; e += blockDim.x) f[e] *= fScale;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) f[e] = fScale * (float)counts[(i64)b * E + e];
   __syncthreads();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  float lossPart = 0.0f;
-  for (int t = warp; t < seq; t += warps) {
+  const int t0 = blockIdx.x * tokensPerBlock, t1 = min(seq, t0 + tokensPerBlock);
+  const i64 n0 = (i64)b * seq;
+  float lossSum = 0.0f;
+  for (int t = t0 + warp; t < t1; t += warps) {
     const float* s = scores + (n0 + t) * E;
     float z = 0.0f, fs = 0.0f;
     for (int e = lane; e < E; e += 32) {
@@ -105,8 +122,8 @@ extern "C" __global__ void sequence_balance_loss(const float* scores, const int*
     const float c = alpha / ((float)batch * (float)seq * z);
     float* dsr = dScores + (n0 + t) * E;
     for (int e = lane; e < E; e += 32) dsr[e] = c * (f[e] - fDotHat);
-    if (lane == 0) lossPart += fDotHat;
+    if (lane == 0) lossSum += fDotHat;
   }
-  const float total = block_sum(lossPart);
-  if (threadIdx.x == 0) lossPerSeq[b] = alpha * total / ((float)batch * (float)seq);
+  const float total = block_sum(lossSum);
+  if (threadIdx.x == 0) lossPart[(i64)b * gridDim.x + blockIdx.x] = alpha * total / ((float)batch * (float)seq);
 }

@@ -5,6 +5,12 @@
 // GPU would not report clearly: launch shapes, kernel pointer arguments outside live memory,
 // writes past an allocation's end, and (through NaN-filled fresh and freed memory) reads of
 // memory nothing wrote. It says nothing about speed, races between blocks or real GPU limits.
+//
+// Graph capture records instead of running, as a CUDA graph does: kernel launches (with their
+// argument values as they were then), GEMMs, memsets and device copies are kept and run again at
+// each launch of the graph, so work that read a host number at capture repeats that number.
+// Memory allocated during capture belongs to the graph (its frees wait for the graph's
+// destruction); host copies and synchronisation during capture throw, as they fail on a GPU.
 
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -165,12 +171,25 @@ class EmulatedKernel {
   }
 
   launch(_stream: unknown, grid: Dim3, block: Dim3, sharedBytes: number, values: ArrayLike<number>): void {
-    this.args.set(values);
     const [gx, gy, gz] = dim3(grid);
     const [bx, by, bz] = dim3(block);
-    this.device.launches.push(this.name);
-    this.device.call(`launch ${this.name}`, this.device.fns.emu_launch(this.name, this.letters, gx, gy, gz, bx, by, bz, sharedBytes, this.maxShared, this.args.pointers));
+    const argValues = Array.from(values);
+    const maxShared = this.maxShared;
+    this.device.enqueue(() => {
+      this.args.set(argValues);
+      this.device.launches.push(this.name);
+      this.device.call(`launch ${this.name}`, this.device.fns.emu_launch(this.name, this.letters, gx, gy, gz, bx, by, bz, sharedBytes, maxShared, this.args.pointers));
+    });
   }
+}
+
+/** What a capture in progress has recorded. */
+interface Recording {
+  work: (() => void)[];
+  /** Memory allocated during the capture: the graph's own. */
+  allocations: Set<number>;
+  /** Frees of the graph's own memory, done when the graph is destroyed. */
+  frees: number[];
 }
 
 /** The emulated device: memory, kernels and a CudaContext-shaped object for the backend. */
@@ -179,6 +198,8 @@ export class EmulatedDevice {
   /** Names of the kernels launched so far. */
   readonly launches: string[] = [];
   private readonly modules = new Map<string, Map<string, EmulatedKernel>>();
+  /** The capture in progress, or null. */
+  private recording: Recording | null = null;
 
   constructor(libPath: string) {
     const lib = koffi.load(libPath);
@@ -211,6 +232,44 @@ export class EmulatedDevice {
     return address(this.fns.emu_live_bytes() as unknown as number | bigint);
   }
 
+  /** Run stream work now, or record it when a capture is in progress. */
+  enqueue(work: () => void): void {
+    if (this.recording) this.recording.work.push(work);
+    else work();
+  }
+
+  /** Throw for work that a stream capture cannot record. */
+  private notCapturing(what: string): void {
+    if (this.recording) throw new Error(`emulated device: ${what} during stream capture (only stream work can be captured)`);
+  }
+
+  /** Record what `body` enqueues into a graph (see the top of this file). */
+  private capture(body: () => void): { launch(): void; destroy(): void } {
+    if (this.recording) throw new Error('CUDA stream capture is already in progress');
+    const rec: Recording = { work: [], allocations: new Set(), frees: [] };
+    this.recording = rec;
+    try {
+      body();
+    } catch (e) {
+      this.recording = null;
+      for (const p of rec.allocations) this.call('free', this.fns.emu_free(p));
+      throw e;
+    }
+    this.recording = null;
+    let destroyed = false;
+    return {
+      launch: () => {
+        if (destroyed) throw new Error('CUDA graph was destroyed');
+        for (const w of rec.work) w();
+      },
+      destroy: () => {
+        if (destroyed) return;
+        destroyed = true;
+        for (const p of rec.frees) this.call('free', this.fns.emu_free(p));
+      },
+    };
+  }
+
   /** A stand-in for CudaContext with the members the backend and the launchers use. */
   context(): CudaContext {
     const fns = this.fns;
@@ -222,39 +281,50 @@ export class EmulatedDevice {
       smCount: 4,
       maxSharedMemoryPerBlockOptin: DYNAMIC_SHARED_BYTES,
       stream: null,
-      isCapturing: false,
+      get isCapturing(): boolean {
+        return device.recording !== null;
+      },
       alloc(bytes: number): number {
         if (bytes <= 0) return 0;
         const p = address(fns.emu_alloc(bytes) as unknown as number | bigint);
         if (p === 0) throw new Error(`emulated device: out of host memory for ${bytes} bytes`);
+        device.recording?.allocations.add(p);
         return p;
       },
       free(ptr: number): void {
-        if (ptr !== 0) call('free', fns.emu_free(ptr));
+        if (ptr === 0) return;
+        const rec = device.recording;
+        if (rec?.allocations.has(ptr)) rec.frees.push(ptr);
+        else device.enqueue(() => call('free', fns.emu_free(ptr)));
       },
       copyToDevice(dst: number, src: HostArray, bytes = src.byteLength): void {
+        device.notCapturing('copyToDevice');
         if (bytes > src.byteLength) throw new Error(`copyToDevice: ${bytes} bytes from a ${src.byteLength}-byte array`);
         call('copyToDevice', fns.emu_h2d(dst, src, bytes));
       },
       copyToHost(dst: HostArray, src: number, bytes = dst.byteLength): void {
+        device.notCapturing('copyToHost');
         if (bytes > dst.byteLength) throw new Error(`copyToHost: ${bytes} bytes into a ${dst.byteLength}-byte array`);
         call('copyToHost', fns.emu_d2h(dst, src, bytes));
       },
       copyDeviceToDevice(dst: number, src: number, bytes: number): void {
-        call('copyDeviceToDevice', fns.emu_d2d(dst, src, bytes));
+        device.enqueue(() => call('copyDeviceToDevice', fns.emu_d2d(dst, src, bytes)));
       },
       memset8(dst: number, value: number, bytes: number): void {
-        call('memset8', fns.emu_memset8(dst, value, bytes));
+        device.enqueue(() => call('memset8', fns.emu_memset8(dst, value, bytes)));
       },
       memset32(dst: number, value: number, count: number): void {
-        call('memset32', fns.emu_memset32(dst, value >>> 0, count));
+        device.enqueue(() => call('memset32', fns.emu_memset32(dst, value >>> 0, count)));
       },
       upload(src: HostArray): number {
         const p = ctx.alloc(src.byteLength);
         ctx.copyToDevice(p, src);
         return p;
       },
-      synchronize(): void {},
+      synchronize(): void {
+        device.notCapturing('synchronize');
+      },
+      capture: (body: () => void) => device.capture(body),
       makeCurrent(): void {},
       memoryInfo: () => ({ freeBytes: 0, totalBytes: 0 }),
       kernels(file: string) {
@@ -278,12 +348,14 @@ export class EmulatedDevice {
   matmul(): GemmRunner {
     const fns = this.fns;
     const call = this.call.bind(this);
+    const device = this;
     return {
       run(g: RowMajorGemm, a: number, b: number, c: number, alpha = 1, beta = 0): void {
         if (g.m === 0 || g.n === 0) return;
         const type = (t: string) => (t === 'bf16' ? 0 : 1);
-        call(`gemm ${g.m}×${g.n}×${g.k}`, fns.emu_gemm(g.m, g.n, g.k, type(g.abType), type(g.cType), g.transA ? 1 : 0, g.transB ? 1 : 0, g.lda, g.ldb, g.ldc,
-          g.batch ?? 1, g.strideA ?? 0, g.strideB ?? 0, g.strideC ?? 0, a, b, c, alpha, beta));
+        const s = { ...g };
+        device.enqueue(() => call(`gemm ${s.m}×${s.n}×${s.k}`, fns.emu_gemm(s.m, s.n, s.k, type(s.abType), type(s.cType), s.transA ? 1 : 0, s.transB ? 1 : 0,
+          s.lda, s.ldb, s.ldc, s.batch ?? 1, s.strideA ?? 0, s.strideB ?? 0, s.strideC ?? 0, a, b, c, alpha, beta)));
       },
       dispose(): void {},
     };
