@@ -57,15 +57,19 @@ function measureOurs(): { bf16: number | null; fp8: number | null; errors: strin
   const ctx = CudaContext.create(0);
   device = ctx.describe();
   const timer = new EventTimer(ctx, ITERS, WARMUP);
-  // Random BF16 data: a pool of normals tiled over each buffer.
-  const x = new Float32Array(1 << 20);
-  for (let i = 0; i < x.length; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(1 - Math.random())), t = 2 * Math.PI * Math.random();
-    x[i] = r * Math.cos(t);
-    x[i + 1] = r * Math.sin(t);
-  }
-  const pool = new Bf16Pool(ctx, x);
-  const randomBf16 = (n: number) => {
+  // Random BF16 data: pools of normals tiled over each buffer, one pool for activations and another
+  // for weights (from one shared pool, x and W held shifted copies of the same rows).
+  const normalPool = () => {
+    const v = new Float32Array(1 << 22);
+    for (let i = 0; i < v.length; i += 2) {
+      const r = Math.sqrt(-2 * Math.log(1 - Math.random())), t = 2 * Math.PI * Math.random();
+      v[i] = r * Math.cos(t);
+      v[i + 1] = r * Math.sin(t);
+    }
+    return new Bf16Pool(ctx, v);
+  };
+  const pools = [normalPool(), normalPool()];
+  const randomBf16 = (n: number, pool: Bf16Pool) => {
     const ptr = ctx.alloc(2 * n);
     pool.fill(ptr, n);
     return ptr;
@@ -75,7 +79,7 @@ function measureOurs(): { bf16: number | null; fp8: number | null; errors: strin
   const fp8 = fp8Reason ? null : new Fp8BlockScaledGemm(ctx);
   const out = shapes.map(({ M, N, K }) => {
     const r = { bf16: null as number | null, fp8: null as number | null, errors: [] as string[] };
-    const x = randomBf16(M * K), w = randomBf16(N * K), y = ctx.alloc(2 * M * N);
+    const x = randomBf16(M * K, pools[0]!), w = randomBf16(N * K, pools[1]!), y = ctx.alloc(2 * M * N);
     try {
       r.bf16 = tflops(M, N, K, timer.time(() => matmul.run({ m: M, n: N, k: K, abType: 'bf16', cType: 'bf16', transA: false, transB: true, lda: K, ldb: K, ldc: N }, x, w, y)));
     } catch (e) {
@@ -102,7 +106,7 @@ function measureOurs(): { bf16: number | null; fp8: number | null; errors: strin
   fp8?.dispose();
   matmul.dispose();
   timer.destroy();
-  pool.free();
+  for (const p of pools) p.free();
   ctx.dispose();
   return out;
 }

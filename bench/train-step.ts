@@ -5,10 +5,13 @@
 // BF16 moments and gradient clipping, and the auxiliary-loss-free bias update — what Trainer.trainStep
 // does, on random tokens. Hugging Face has no MTP, so the ratios compare our model without MTP (the
 // same parameters) to it; the MTP step is reported beside. Tokens/s is the median over the timed
-// steps after warm-up. Prints a table, appends a line to bench/RESULTS.md, writes
+// steps after warm-up, the same number of each for both sides: 5 warm-up steps by default, because
+// our first steps also make the GEMM plans (and time the candidate algorithms) of the expert
+// capacities the routing moves through (at 2 warm-up steps the variant measured first still paid
+// for some: steps of 72–160 ms against 56–60 ms for the one after it, H200). Prints a table, appends a line to bench/RESULTS.md, writes
 // $OUT/train-step.json when OUT is set and prints JSON on the last line.
 //
-//   node dist/bench/train-step.js [--steps 5] [--warmup 2] [--seq 4096] [--torch-timeout 420] [--no-torch]
+//   node dist/bench/train-step.js [--steps 8] [--warmup 5] [--seq 4096] [--torch-timeout 420] [--no-torch]
 
 import { DeepseekV3 } from '../src/model/model.js';
 import type { MoE } from '../src/model/moe.js';
@@ -24,7 +27,7 @@ import {
   writeJson,
 } from './common.js';
 
-const flags = parseFlags({ integers: { steps: [5, 1], warmup: [2, 1], seq: [4096, 2], 'torch-timeout': [420, 10] }, booleans: ['no-torch'] });
+const flags = parseFlags({ integers: { steps: [8, 1], warmup: [5, 1], seq: [4096, 2], 'torch-timeout': [420, 10] }, booleans: ['no-torch'] });
 const STEPS = flags.steps, WARMUP = flags.warmup, SEQ = flags.seq, TORCH_TIMEOUT = flags['torch-timeout'];
 const VOCAB = 32768;
 const LR = 1e-4;
