@@ -5,12 +5,15 @@
 // queue never fills), in microseconds of host wall time per call:
 //   add        y += x over 4096 BF16 elements (our add_inplace kernel; torch's x.add_(y))
 //   gemm       a BF16 GEMM [M, 1024] × [1024, 384]ᵀ at M = 4096 and M = 1 (our cuBLASLt plan; torch.mm)
+//   fp8        the block-scaled FP8 GEMM at M = 4096, with the same scales every call and with two
+//              sets of scales taking turns (which changes the cuBLASLt descriptor each call; ours only)
 // Prints a table, appends a line to bench/RESULTS.md and writes $OUT/host-overhead.json when OUT is set.
 //
 //   node dist/bench/host-overhead.js [--calls 2000] [--runs 3] [--no-torch]
 
 import { CudaContext } from '../src/backend/cuda/context.js';
 import { CublasLtMatmul } from '../src/backend/cuda/matmul.js';
+import { activationScaleLayout, Fp8BlockScaledGemm, fp8GemmUnsupported, weightScaleLayout } from '../src/backend/cuda/fp8-matmul.js';
 import * as ops from '../src/backend/cuda/ops.js';
 import { appendResult, gitCommit, parseFlags, printTable, runPythonJson, writeJson } from './common.js';
 
@@ -43,7 +46,28 @@ const ours = {
   add: hostMicroseconds(() => ops.addInPlace(ctx, 'bf16', y, x, 1, 4096)),
   gemm4096: hostMicroseconds(gemm(4096)),
   gemm1: hostMicroseconds(gemm(1)),
+  fp8Same: null as number | null,
+  fp8Alternating: null as number | null,
 };
+if (!fp8GemmUnsupported(ctx)) {
+  const fp8 = new Fp8BlockScaledGemm(ctx);
+  // codes and scales of 0x3c bytes: E4M3 1.5, FP32 scales ≈ 0.0115 (finite, not zero)
+  const a = ctx.alloc(MAX_M * K), b = ctx.alloc(N * K);
+  const aScales = [0, 1].map(() => ctx.alloc(4 * activationScaleLayout(MAX_M, K).elements));
+  const bScales = [0, 1].map(() => ctx.alloc(4 * weightScaleLayout(N, K).elements));
+  for (const p of [a, b]) ctx.memset8(p, 0x3c, p === a ? MAX_M * K : N * K);
+  for (const p of aScales) ctx.memset8(p, 0x3c, 4 * activationScaleLayout(MAX_M, K).elements);
+  for (const p of bScales) ctx.memset8(p, 0x3c, 4 * weightScaleLayout(N, K).elements);
+  let turn = 0;
+  const fp8Gemm = (alternate: boolean) => () => {
+    const s = alternate ? turn++ & 1 : 0;
+    fp8.run({ M: MAX_M, N, K, a, aScale: aScales[s]!, b, bScale: bScales[s]!, d: y, dType: 'bf16' });
+  };
+  ours.fp8Same = hostMicroseconds(fp8Gemm(false));
+  ours.fp8Alternating = hostMicroseconds(fp8Gemm(true));
+  fp8.dispose();
+  for (const p of [a, b, ...aScales, ...bScales]) ctx.free(p);
+}
 matmul.dispose();
 for (const p of [x, w, y]) ctx.free(p);
 ctx.dispose();
@@ -63,11 +87,13 @@ if (!flags['no-torch']) {
 }
 
 const commit = gitCommit();
-const fmt = (v: number | undefined) => (v === undefined ? 'n/a' : v.toFixed(1));
-const rows: [string, number, number | undefined][] = [
+const fmt = (v: number | null | undefined) => (v === undefined || v === null ? 'n/a' : v.toFixed(1));
+const rows: [string, number | null, number | undefined][] = [
   ['add (4096 BF16)', ours.add, torch?.add_us],
   ['GEMM 4096×384×1024', ours.gemm4096, torch?.gemm4096_us],
   ['GEMM 1×384×1024', ours.gemm1, torch?.gemm1_us],
+  ['FP8 GEMM 4096×384×1024, same scales', ours.fp8Same, undefined],
+  ['FP8 GEMM 4096×384×1024, scales alternate', ours.fp8Alternating, undefined],
 ];
 console.log(`host µs per enqueued call, best of ${RUNS} × ${CALLS} calls — ${gpu}, commit ${commit}; torch: ${torchNote}`);
 printTable(['call', 'ours µs', 'torch µs'], rows.map(([name, o, t]) => [name, fmt(o), fmt(t)]), 1);

@@ -190,6 +190,9 @@ interface Plan {
   bLayout: Handle;
   dLayout: Handle;
   algo: Buffer;
+  /** The scale addresses the descriptor holds now (set again only when they change). */
+  aScale: number;
+  bScale: number;
 }
 
 /** Largest power of two (≤ 256) dividing the address: the alignment cuBLASLt may assume. */
@@ -255,9 +258,16 @@ export class Fp8BlockScaledGemm {
       this.plans.set(key, plan);
     }
     const lt = cublasLt();
-    // Scale pointers live in the descriptor; it is read when the call is enqueued (also under graph capture).
-    check('cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, pointerValue(g.bScale), 8));
-    check('cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, pointerValue(g.aScale), 8));
+    // Scale pointers live in the descriptor; it is read when the call is enqueued (also under graph
+    // capture). Set only on change: cuBLASLt may redo work for a descriptor that changed.
+    if (plan.bScale !== g.bScale) {
+      check('cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, pointerValue(g.bScale), 8));
+      plan.bScale = g.bScale;
+    }
+    if (plan.aScale !== g.aScale) {
+      check('cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)', lt.cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, pointerValue(g.aScale), 8));
+      plan.aScale = g.aScale;
+    }
     check('cublasLtMatmul(FP8 block-scaled)', cublasLt().cublasLtMatmul(this.ctx.ltHandle, plan.desc, this.alpha, g.b, plan.aLayout, g.a, plan.bLayout, this.beta,
       g.d, plan.dLayout, g.d, plan.dLayout, plan.algo, this.ctx.workspace, this.ctx.workspaceBytes, this.ctx.stream));
   }
@@ -320,7 +330,7 @@ export class Fp8BlockScaledGemm {
       if (algos.length === 0) {
         throw new Error(`cuBLASLt offered ${returned[0]} FP8 algorithm(s) for M=${M} N=${N} K=${K}, none usable (failed, or over the ${this.ctx.workspaceBytes}-byte workspace)`);
       }
-      return { desc, aLayout, bLayout, dLayout, algo: algos[0]! };
+      return { desc, aLayout, bLayout, dLayout, algo: algos[0]!, aScale: g.aScale, bScale: g.bScale };
     } catch (e) {
       for (const l of layouts) lt.cublasLtMatrixLayoutDestroy(l);
       lt.cublasLtMatmulDescDestroy(desc);
