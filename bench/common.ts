@@ -82,6 +82,7 @@ export class EventTimer {
   time(run: (i: number) => void): number {
     for (let i = 0; i < this.warmup; i++) run(i);
     this.ctx.synchronize();
+    idleGpu();
     for (let i = 0; i < this.iters; i++) {
       this.starts[i]!.record();
       run(this.warmup + i);
@@ -94,6 +95,17 @@ export class EventTimer {
   destroy(): void {
     for (const e of [...this.starts, ...this.ends]) e.destroy();
   }
+}
+
+/**
+ * Leave the GPU idle for IDLE_MS before a timed loop (torch_common.py's median_ms does the same):
+ * a GEMM timed right after seconds of full load (our plan autotuning, or the previous shape) ran up
+ * to 15% slower than the same kernel timed after a pause, which made the order of the work, not the
+ * code, decide a ratio. Clock and power state then start alike for both sides.
+ */
+const IDLE_MS = 500;
+export function idleGpu(): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, IDLE_MS);
 }
 
 /** createBackend({ device: 'cuda', ...options }), which must be the CUDA backend. */

@@ -34,12 +34,16 @@ def median(xs):
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
+IDLE_S = 0.5
+
+
 def median_ms(fn, iters, warmup):
     """Median milliseconds of fn over `iters` calls, each between its own pair of CUDA events (enqueued
     back to back), after `warmup` calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    time.sleep(IDLE_S)  # the same pause as bench/common.ts's idleGpu before ours
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     for s, e in zip(starts, ends):
