@@ -2,6 +2,7 @@
 
 export { loadModel, LanguageModel, type Logits } from './infer/language-model.js';
 export type { GenerateOptions, GenerateResult } from './infer/generate.js';
+export { DecodeStep } from './infer/decode-step.js';
 export type { SamplingOptions } from './infer/sampling.js';
 export { createBackend, type BackendOptions, type DeviceName } from './backend/create.js';
 export type { Backend } from './backend/backend.js';
