@@ -26,3 +26,17 @@ export function seededRandom(seed = (Math.random() * 2 ** 32) >>> 0): TestRandom
     int: (lo, hi) => lo + rng.int(hi - lo + 1),
   };
 }
+
+/** Row n of the result [N, K]: K distinct experts out of E for token n, as a router chooses them. */
+export function randomExpertChoices(rng: TestRandom, N: number, K: number, E: number): Int32Array {
+  const idx = new Int32Array(N * K);
+  for (let n = 0; n < N; n++) {
+    const experts = Array.from({ length: E }, (_, e) => e);
+    for (let j = 0; j < K; j++) {
+      const pick = rng.int(j, E - 1);
+      [experts[j], experts[pick]] = [experts[pick]!, experts[j]!];
+    }
+    idx.set(experts.slice(0, K), n * K);
+  }
+  return idx;
+}

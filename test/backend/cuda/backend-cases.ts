@@ -14,6 +14,7 @@ import { writeSafetensors } from '../../../src/io/safetensors.js';
 import { encodeFromFloat } from '../../../src/tensor/dtypes.js';
 import type { Tensor } from '../../../src/tensor/tensor.js';
 import { loadTrainerState, TRAINER_STATE_FILE } from '../../../src/train/checkpoint.js';
+import { randomExpertChoices } from '../../helpers/random.js';
 import { withTempDir } from '../../helpers/temp-dir.js';
 import { assertClose, randomNormal, roundBf16, seededRandom } from './gpu-helpers.js';
 
@@ -288,15 +289,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     // d and I multiples of 8 (the kernels' vector loads), then not
     for (const [N, K, E, d, I] of L ? [[32, 8, 32, 1024, 512], [5, 6, 16, 200, 100]] : [[20, 3, 8, 40, 24], [7, 2, 5, 36, 20]]) {
       // K distinct experts per token, positive gating weights: as the router gives them
-      const idx = new Int32Array(N * K);
-      for (let n = 0; n < N; n++) {
-        const experts = Array.from({ length: E }, (_, e) => e);
-        for (let j = 0; j < K; j++) {
-          const pick = rng.int(j, E - 1);
-          [experts[j], experts[pick]] = [experts[pick]!, experts[j]!];
-        }
-        idx.set(experts.slice(0, K), n * K);
-      }
+      const idx = randomExpertChoices(rng, N, K, E);
       const indices = ints(idx, [N, K]);
       const gw = Float32Array.from({ length: N * K }, () => rng.uniform());
       const weights = { c: cpu.upload(gw, [N, K]), g: b.upload(gw, [N, K]) };

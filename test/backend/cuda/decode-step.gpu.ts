@@ -16,6 +16,7 @@ import { DeepseekV3 } from '../../../src/model/model.js';
 import { ParameterSet } from '../../../src/model/parameters.js';
 import { RandomParameters } from '../../../src/model/random-parameters.js';
 import { presetConfig } from '../../../src/train/presets.js';
+import { randomExpertChoices } from '../../helpers/random.js';
 import { assertClose, openGpu, randomNormal, roundBf16, seededRandom } from './gpu-helpers.js';
 
 const gpu = openGpu();
@@ -79,15 +80,7 @@ test('moeExpertsDirect with BF16 weights at V2-Lite expert widths: the CPU and t
   const down = Array.from({ length: E }, () => pair([d, I], 0.03));
   const g = (ws: typeof gate) => ws.map((w) => w.g), c = (ws: typeof gate) => ws.map((w) => w.c);
   for (const N of [1, 32]) {
-    const idx = new Int32Array(N * K);
-    for (let n = 0; n < N; n++) {
-      const experts = Array.from({ length: E }, (_, e) => e);
-      for (let j = 0; j < K; j++) {
-        const pick = rng.int(j, E - 1);
-        [experts[j], experts[pick]] = [experts[pick]!, experts[j]!];
-      }
-      idx.set(experts.slice(0, K), n * K);
-    }
+    const idx = randomExpertChoices(rng, N, K, E);
     const indices = { g: b.uploadInt(idx, [N, K]), c: cpu.uploadInt(idx, [N, K]) };
     const w = Float32Array.from({ length: N * K }, () => rng.uniform());
     const weights = { g: b.upload(w, [N, K], 'f32'), c: cpu.upload(w, [N, K]) };
