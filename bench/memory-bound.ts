@@ -8,6 +8,7 @@
 //
 //   node dist/bench/memory-bound.js [--iters 20] [--warmup 5] [--tokens 16384] [--no-torch]
 
+import { adamwHyperValues } from '../src/backend/backend.js';
 import { CudaTensor } from '../src/backend/cuda/cuda-backend.js';
 import { quantizeActivations1x128, quantizeWeights128x128, activationScaleLayout, weightScaleLayout } from '../src/backend/cuda/fp8-matmul.js';
 import type { Tensor } from '../src/tensor/tensor.js';
@@ -129,11 +130,14 @@ measure('AdamW step', `[${D}, ${FFN}] fp32`, () => {
   // FP32 master weight, gradient and moments, as the backend trains (values do not change the traffic)
   const p = b.zeros([D, FFN], 'f32'), g = b.zeros([D, FFN], 'f32');
   const m = b.zeros([D, FFN], 'f32'), v = b.zeros([D, FFN], 'f32');
+  const h = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16: false };
+  // the step's lr and bias corrections are read from the device (written once: the step number does not change the traffic)
+  const hyper = b.upload(adamwHyperValues(1e-6, h, 1), [3], 'f32');
   return {
     // param, m, v read and written; the gradient read
     bytes: 2 * bytesOf(p) + bytesOf(g) + 2 * bytesOf(m) + 2 * bytesOf(v),
-    run: (i) => b.adamw(p, g, m, v, { lr: 1e-6, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: i + 1, momentsBf16: false }),
-    cleanup: () => { for (const t of [p, g, m, v]) b.free(t); },
+    run: () => b.adamw(p, g, m, v, h, 0.1, { hyper, gradScale: null, skip: null }),
+    cleanup: () => { for (const t of [p, g, m, v, hyper]) b.free(t); },
   };
 });
 

@@ -4,7 +4,8 @@
 // backward (forwardBackward: main loss, balance loss, MTP loss when the model has MTP), AdamW with
 // BF16 moments and gradient clipping, and the auxiliary-loss-free bias update — what Trainer.trainStep
 // does, on random tokens. Hugging Face has no MTP, so the ratios compare our model without MTP (the
-// same parameters) to it; the MTP step is reported beside. Tokens/s is the median over the timed
+// same parameters) to it; the same step replayed from a captured graph (CapturedTrainStep) and the
+// MTP step are reported beside. Tokens/s is the median over the timed
 // steps after warm-up, the same number of each for both sides: 5 warm-up steps by default, because
 // our first steps also make the GEMM plans (and time the candidate algorithms) of the expert
 // capacities the routing moves through (at 2 warm-up steps the variant measured first still paid
@@ -18,7 +19,8 @@ import type { MoE } from '../src/model/moe.js';
 import { ParameterSet, type Parameter } from '../src/model/parameters.js';
 import { numel } from '../src/tensor/tensor.js';
 import { updateCorrectionBias } from '../src/train/expert-balance.js';
-import { forwardBackward } from '../src/train/forward-backward.js';
+import { CapturedTrainStep } from '../src/train/captured-step.js';
+import { forwardBackwardOnDevice, StepSums, uploadStepInputs } from '../src/train/forward-backward.js';
 import { AdamW, type AdamWConfig } from '../src/train/optimizer.js';
 import { presetConfig } from '../src/train/presets.js';
 import { Random } from '../src/util/random.js';
@@ -65,11 +67,19 @@ interface Variant {
   model: DeepseekV3;
   params: Parameter[];
   optimizer: AdamW;
+  /** The step's losses and expert loads on the device (as Trainer keeps them). */
+  sums: StepSums;
+  /** Forward and backward replayed from a captured graph (as Trainer with captureGraph). */
+  captured: CapturedTrainStep | null;
 }
 const variants: Variant[] = [
-  { label: 'ours (no MTP)', model: plain, params: params.all().filter((p) => !isMtp(p)) },
-  { label: 'ours (with MTP, D=1)', model: withMtp, params: params.all() },
-].map((v) => ({ ...v, optimizer: new AdamW(backend, v.params, ADAMW) }));
+  { label: 'ours (no MTP)', model: plain, params: params.all().filter((p) => !isMtp(p)), capture: false },
+  { label: 'ours (no MTP, captured graph)', model: plain, params: params.all().filter((p) => !isMtp(p)), capture: true },
+  { label: 'ours (with MTP, D=1)', model: withMtp, params: params.all(), capture: false },
+].map(({ capture, ...v }) => {
+  const sums = new StepSums(backend, v.model);
+  return { ...v, optimizer: new AdamW(backend, v.params, ADAMW), sums, captured: capture ? new CapturedTrainStep(v.model, 1, SEQ, LOSS, sums) : null };
+});
 
 /** The MoE layers of a model (main stack, then MTP blocks) with their index in forwardBackward's expertLoad. */
 function moeLayers(model: DeepseekV3): { index: number; ffn: MoE }[] {
@@ -91,10 +101,29 @@ function trainStep(v: Variant, stepNumber: number): { ms: number; loss: number }
   const mark = backend.markAllocations();
   let loss: number;
   try {
-    backend.scaleInPlaceMany(v.params.map((p) => p.gradient), 0);
-    const r = forwardBackward(v.model, tokens, 1, SEQ, LOSS);
+    const clear = () => {
+      backend.scaleInPlaceMany(v.params.map((p) => p.gradient), 0);
+      v.sums.reset();
+    };
+    const eager = () => {
+      const inputs = uploadStepInputs(backend, tokens, 1, SEQ, v.model.mtp.length);
+      forwardBackwardOnDevice(v.model, v.model.context(1, SEQ, 0), inputs, LOSS, v.sums); // freed with the step's allocations
+    };
+    clear();
+    if (v.captured) {
+      v.captured.startStep();
+      v.captured.run(tokens);
+      if (v.captured.overflowed()) {
+        v.captured.grow();
+        clear();
+        eager();
+      }
+    } else {
+      eager();
+    }
+    const r = v.sums.read(LOSS.mtpWeight, 1);
     v.optimizer.step(LR);
-    for (const { index, ffn } of moeLayers(v.model)) if (ffn.bias) updateCorrectionBias(backend, ffn.bias, r.expertLoad[index]!, BIAS_UPDATE_SPEED);
+    for (const { index, ffn } of moeLayers(v.model)) if (ffn.bias) updateCorrectionBias(backend, ffn.bias, v.sums.loads[index]!, BIAS_UPDATE_SPEED);
     loss = r.loss;
   } finally {
     backend.releaseAllocations(mark);
@@ -181,7 +210,7 @@ if (!flags['no-torch'] && !eager) errors.push('transformers eager: no result');
 if (!flags['no-torch'] && !compiled) errors.push('transformers compile: no result');
 for (const e of errors) console.log(`  error: ${e}`);
 
-appendResult(gpu, commit, `train-step small 1×${SEQ} BF16 tokens/s: ours ${fmt(ours[0]!.tokensPerSecond)} (with MTP ${fmt(ours[1]!.tokensPerSecond)}), `
+appendResult(gpu, commit, `train-step small 1×${SEQ} BF16 tokens/s: ours ${fmt(ours[0]!.tokensPerSecond)} (captured graph ${fmt(ours[1]!.tokensPerSecond)}, with MTP ${fmt(ours[2]!.tokensPerSecond)}), `
   + `transformers eager ${fmt(eager?.tokens_per_s)}, compiled ${fmt(compiled?.tokens_per_s)}; ours/eager ${ratio(base.tokensPerSecond, eager?.tokens_per_s)}, ours/compiled ${ratio(base.tokensPerSecond, compiled?.tokens_per_s)}`);
 
 writeJson('train-step', { bench: 'train-step', date: new Date().toISOString(), gpu, commit, seq: SEQ, steps: STEPS, parameters: parameterCount, ours, torch: torchLines, torchNote });

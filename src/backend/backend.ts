@@ -7,9 +7,10 @@
 // (a no-op on the CPU, a return to the stream-ordered pool on the GPU), unless it says
 // it writes into an argument.
 //
-// Graph capture (captureGraph): the ops a decode step runs take every value that changes from
-// one step to the next from tensors (token ids, positions), never from host numbers, and none
-// of them waits for the device, so that the step can be recorded once and replayed.
+// Graph capture (captureGraph): the ops a decode or training step runs take every value that
+// changes from one step to the next from tensors (token ids, positions, AdamW's learning rate),
+// never from host numbers, and none of them waits for the device (the `…Into` ops accumulate
+// losses on the device), so that the step can be recorded once and replayed.
 
 import type { Tensor } from '../tensor/tensor.js';
 
@@ -66,15 +67,35 @@ export interface MoePermutation {
   /**
    * [R, d]: token rows grouped by expert, in expert order. Packed (capacity null): R = N·K, expert
    * e's rows right after expert e−1's. Padded: R = E·capacity, expert e's rows at
-   * [e·capacity, e·capacity + counts[e]) and zero rows after them up to the next expert's.
+   * [e·capacity, e·capacity + min(count_e, capacity)) and zero rows after them up to the next
+   * expert's. Only a fixed capacity (MoeFixedCapacity) can be below a count: the slots that do not
+   * fit have no row, so moeUnpermute adds nothing for them, moeUnpermuteBackward gives their gating
+   * weights a zero gradient and moePermuteBackward their tokens nothing.
    */
   rows: Tensor;
   /** [R] i32: for sorted row r, the slot n·K + k it came from; −1 for a padding row. */
   sourceSlot: Tensor;
-  /** Host copy of the number of rows per expert (length E): it drives the per-expert GEMM loop. */
-  counts: number[];
+  /**
+   * Host copy of the number of rows per expert (length E): it drives the per-expert GEMM loop.
+   * Null for a fixed capacity, where the counts stay on the device.
+   */
+  counts: number[] | null;
   /** Rows per expert when padded (every expert's GEMMs then run as one batched GEMM), else null. */
   capacity: number | null;
+}
+
+/**
+ * A padded permutation of a capacity chosen without the counts, so that moePermute reads nothing
+ * back to the host (a step captured into a graph).
+ */
+export interface MoeFixedCapacity {
+  /** Rows per expert (a positive integer). Of an expert's slots, the first `capacity` in slot order keep a row. */
+  capacity: number;
+  /**
+   * [1] i32: the number of slots dropped (past their expert's capacity, or, on the device, of an
+   * expert index outside [0, E)) is added to it. Never cleared by moePermute: zero it before the step.
+   */
+  overflow: Tensor;
 }
 
 /** When moePermute pads (MoePermutation.capacity), see moeCapacity. */
@@ -201,9 +222,21 @@ export interface Backend {
   routerTopK(logits: Tensor, bias: Tensor | null, cfg: RouterConfig): RouterOutput;
   /**
    * Group token rows by expert: x [N, d], indices [N, K] i32, for `numExperts` experts; packed,
-   * or padded when `padding` is given and allows it for the counts (moeCapacity).
+   * or padded when `padding` is given and allows it for the counts (moeCapacity), which come to the
+   * host; or, with `fixed` (`padding` then unused), padded to fixed.capacity without a host read.
    */
-  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation;
+  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding, fixed?: MoeFixedCapacity): MoePermutation;
+  /**
+   * load[e] += the number of slots of indices [N, K] i32 routed to expert e, for load [numExperts]
+   * (FP32 on the GPU: exact up to 2^24), without a host read: a step's expert load (SPEC §3).
+   */
+  expertLoadInto(indices: Tensor, numExperts: number, load: Tensor): void;
+  /**
+   * The auxiliary-loss-free bias update (SPEC §3) in place, without a host read: bias[i] += gamma ·
+   * sign(mean(load) − load[i]) for bias, load [E] (FP32 on the GPU), with sign(0) = 0: the
+   * arithmetic of updateCorrectionBias (the mean in FP64, each sum rounded once to the bias's dtype).
+   */
+  correctionBiasUpdate(bias: Tensor, load: Tensor, gamma: number): void;
   /** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K+k]: expertOut [R, d] (a permutation's rows), weights [N, K] → [N, d]. */
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor;
   /**
@@ -264,6 +297,11 @@ export interface Backend {
    * alpha · mean over sequences of Σ_i f_i P_i, with its gradient on the affinities scores [N, E].
    */
   sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor };
+  /**
+   * `sequenceBalanceLoss` with nothing read back (a step that may be captured): returns dScores
+   * [N, E] and adds the loss into sum [1] (FP32 on the GPU) on the device.
+   */
+  sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor;
 
   // ---- losses and optimisation --------------------------------------------------------
   /**
@@ -271,6 +309,13 @@ export interface Backend {
    * gradient: returns the summed loss over rows with a target, and dLogits = scale · (softmax − onehot).
    */
   crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor };
+  /**
+   * `crossEntropy` with nothing read back (a step that may be captured): returns dLogits and adds
+   * (the summed loss over rows with a target, the number of such rows) into sums [2] (FP32 on the
+   * GPU) on the device. A target ≥ V, which crossEntropy reports, makes the loss sum NaN instead
+   * on the GPU (the CPU still throws).
+   */
+  crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor;
   /** Σ x² over all elements, in FP64 on the host side of the answer. */
   sumSquares(x: Tensor): number;
   /**
@@ -278,23 +323,36 @@ export interface Backend {
    * one pass, with one answer to wait for instead of one per tensor.
    */
   sumSquaresMany(xs: readonly Tensor[]): number;
+  /**
+   * The global norm of many tensors (the gradients) and its clipping coefficient, written on the
+   * device with nothing read back: out [2] (FP32 on the GPU) = [norm = sqrt(Σ x²) (summed in FP64
+   * as sumSquaresMany), maxNorm / norm when maxNorm > 0 and norm > maxNorm, else 1] — out[1] is
+   * the gradScale of AdamWScalars. `skip` ([1] i32), when given, is set to 1 when out[0] is NaN or
+   * infinite, else 0: the skip of AdamWScalars, so that a diverged step changes nothing.
+   */
+  gradNormClip(grads: readonly Tensor[], maxNorm: number, out: Tensor, skip?: Tensor | null): void;
   /** x *= alpha, in place; alpha = 0 writes zeros without reading x (NaN and Inf cleared too: zeroing gradients). */
   scaleInPlace(x: Tensor, alpha: number): void;
   /** `scaleInPlace` on every tensor in one pass (zeroing the gradients). */
   scaleInPlaceMany(xs: readonly Tensor[], alpha: number): void;
   /**
-   * One AdamW step in place: param, grad, m, v of one shape. With `momentsBf16`, m and v are
-   * rounded to BF16 after each update, and may be stored in BF16 where the backend has it (zeros
-   * with 'bf16'): the same values. Weight decay is decoupled: p -= lr·wd·p.
+   * One AdamW step in place: param, grad, m, v of one shape, with c1 = 1 − β1^t, c2 = 1 − β2^t
+   * and the gradient scale s of `scalars` (read from the device: a captured step takes new ones
+   * at each replay):
+   *   g ← s·g (not written back),  m ← β1·m + (1 − β1)·g,  v ← β2·v + (1 − β2)·g²,
+   *   p ← p·(1 − lr·wd) − lr·(m / c1) / (sqrt(v / c2) + eps)
+   * (decoupled weight decay wd; 1 − lr·wd is computed on the device, in FP32 on the GPU with one
+   * rounding). With `momentsBf16`, m and v are rounded to BF16 after each update, and may be
+   * stored in BF16 where the backend has it (zeros with 'bf16'): the same values.
    */
-  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void;
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, weightDecay: number, scalars: AdamWScalars): void;
   /**
    * `adamw` on every (params[i], grads[i], ms[i], vs[i]) with weight decay weightDecays[i] — the
    * same results, bit for bit — in one pass over all of them (one launch on the GPU instead of one
    * per tensor). The params and moments must not overlap one another.
    */
-  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
-    weightDecays: readonly number[]): void;
+  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWHyper,
+    weightDecays: readonly number[], scalars: AdamWScalars): void;
 
   // ---- graphs -------------------------------------------------------------------------
   /**
@@ -315,25 +373,33 @@ export interface CapturedGraph {
   free(): void;
 }
 
+/** The hyperparameters of AdamW that stay fixed over a run: host numbers, which a captured step may take. */
 export interface AdamWHyper {
-  lr: number;
   beta1: number;
   beta2: number;
   eps: number;
-  weightDecay: number;
-  /** 1-based step number, for bias correction. */
-  step: number;
   /** Round m and v to BF16 after each update (required where they are stored in BF16). */
   momentsBf16: boolean;
-  /**
-   * Every gradient is multiplied by this once, before the moments' update (in FP32 on the GPU),
-   * and not written back: the global-norm clipping coefficient. Default 1: none.
-   */
-  gradScale?: number;
 }
 
-/** The hyperparameters of an AdamW step that `adamwMany` shares between its tensors (weight decay is per tensor). */
-export type AdamWSharedHyper = Omit<AdamWHyper, 'weightDecay'>;
+/** What changes from one AdamW step to the next: device tensors that `adamw` and `adamwMany` read. */
+export interface AdamWScalars {
+  /** [3] (FP32 on the GPU): lr, 1 − β1^t, 1 − β2^t for the 1-based step t (adamwHyperValues). */
+  hyper: Tensor;
+  /**
+   * [1] (FP32 on the GPU), or null for 1: every gradient is multiplied by it once before the
+   * moments' update, and not written back — the global-norm clipping coefficient (gradNormClip's
+   * out[1], as the view rows(out, 1, 1)).
+   */
+  gradScale: Tensor | null;
+  /** [1] i32, or null: when non-zero the step changes nothing (gradNormClip's skip). */
+  skip: Tensor | null;
+}
+
+/** The values of AdamWScalars.hyper for learning rate `lr` at the 1-based step `step`: [lr, 1 − β1^t, 1 − β2^t] (FP64). */
+export function adamwHyperValues(lr: number, h: Pick<AdamWHyper, 'beta1' | 'beta2'>, step: number): Float64Array {
+  return Float64Array.of(lr, 1 - Math.pow(h.beta1, step), 1 - Math.pow(h.beta2, step));
+}
 
 /** The number of tensors `adamwMany` was given, after checking that its four lists and the decays agree. */
 export function adamwManyCount(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[],

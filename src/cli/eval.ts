@@ -36,17 +36,20 @@ Cuts the data into consecutive sequences and prints the model's mean next-token 
     const windows = Math.floor((store.length - 1) / seq);
     if (windows < 1) throw new Error(`the data hold ${store.length} tokens: too few for one sequence of ${seq} tokens and its target`);
     const b = model.backend;
-    let lossSum = 0, count = 0, batches = 0;
+    const sums = b.zeros([2]);
+    let batches = 0;
     for (let w = 0; w < windows && batches < maxBatches; w += batch, batches++) {
       const rows = Math.min(batch, windows - w);
       const tokens = new Int32Array(rows * (seq + 1));
       for (let r = 0; r < rows; r++) tokens.set(store.read((w + r) * seq, seq + 1), r * (seq + 1));
       const h = model.hidden(shifted(tokens, rows, seq + 1, seq, 0), rows, seq);
-      const ce = chunkedCrossEntropy(b, h, model.lmHead, shifted(tokens, rows, seq + 1, seq, 1), 1, 1024, false);
+      const targets = b.uploadInt(shifted(tokens, rows, seq + 1, seq, 1), [rows * seq]);
+      chunkedCrossEntropy(b, h, model.lmHead, targets, 1, 1024, false, sums);
       b.free(h);
-      lossSum += ce.lossSum;
-      count += ce.count;
+      b.free(targets);
     }
+    const [lossSum, count] = b.download(sums);
+    b.free(sums);
     const loss = lossSum / count;
     console.log(`loss ${loss.toFixed(4)}  perplexity ${Math.exp(loss).toFixed(2)}  (${count} tokens in ${batches} batches of up to ${batch}×${seq})`);
   },

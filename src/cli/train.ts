@@ -72,6 +72,9 @@ Run
   --balance-alpha A      α of the sequence-wise balance loss (default 1e-4)
   --bias-update-speed G  γ of the auxiliary-loss-free bias update (default 1e-3; 0 = off)
   --recompute            recompute RMSNorm outputs and MLA up-projections in backward
+  --cuda-graph           replay each micro-batch's forward and backward from a captured graph (one
+                         launch instead of thousands on the GPU; MoE layers then run at a fixed expert
+                         capacity with headroom, and a step that exceeds it is redone eagerly)
   --seed S               initialisation and data-order seed (default 0)
   --device cpu|cuda|auto where to train (default auto)
 Output
@@ -89,7 +92,7 @@ Output
     'grad-accum': { type: 'string' }, lr: { type: 'string' }, 'min-lr': { type: 'string' }, warmup: { type: 'string' },
     schedule: { type: 'string' }, 'weight-decay': { type: 'string' }, 'grad-clip': { type: 'string' }, moments: { type: 'string' },
     'mtp-weight': { type: 'string' }, 'mtp-depth': { type: 'string' }, 'balance-alpha': { type: 'string' }, 'bias-update-speed': { type: 'string' },
-    recompute: { type: 'boolean' }, seed: { type: 'string' }, out: { type: 'string' }, resume: { type: 'string' },
+    recompute: { type: 'boolean' }, 'cuda-graph': { type: 'boolean' }, seed: { type: 'string' }, out: { type: 'string' }, resume: { type: 'string' },
     'eval-every': { type: 'string' }, 'eval-batches': { type: 'string' }, 'save-every': { type: 'string' },
     'keep-checkpoints': { type: 'string' }, samples: { type: 'string' }, ...deviceOption,
   },
@@ -167,6 +170,7 @@ function runOptionsFromFlags(values: Record<string, unknown>, preset: string): R
       recompute: { norms: values.recompute === true, upProjections: values.recompute === true },
       evalBatches: numberFlag(values, 'eval-batches', { fallback: 8, min: 1, integer: true })!,
       keepCheckpoints: numberFlag(values, 'keep-checkpoints', { fallback: 2, min: 1, integer: true })!,
+      captureGraph: values['cuda-graph'] === true,
     },
   };
 }

@@ -16,6 +16,8 @@ export interface TrainForward {
   recompute: Recompute;
   /** α of the sequence-wise balance loss (0: off). */
   balanceAlpha: number;
+  /** [1]: the balance losses are added into it on the device (needed when α > 0). */
+  balanceSum: Tensor | null;
 }
 
 export interface LayerSaved {
@@ -25,7 +27,6 @@ export interface LayerSaved {
   h1: Tensor;
   x2?: Tensor;
   ffn?: MlpSaved | MoeSaved;
-  balanceLoss: number;
 }
 
 export class DecoderLayer {
@@ -46,9 +47,9 @@ export class DecoderLayer {
    * h [N, d] → [N, d]. With a cache slice the attention is the absorbed one over the cache;
    * without, the naive one within the block. With `train`, returns what backward needs in `saved`.
    */
-  forward(b: Backend, h: Tensor, ctx: ForwardContext, opts: { cache?: LatentCacheLayer; expertLoad?: Float64Array; train?: TrainForward; saved?: LayerSaved[] } = {}): Tensor {
+  forward(b: Backend, h: Tensor, ctx: ForwardContext, opts: { cache?: LatentCacheLayer; expertLoad?: Tensor; train?: TrainForward; saved?: LayerSaved[] } = {}): Tensor {
     const train = opts.train;
-    const saved: LayerSaved = { h, h1: h, balanceLoss: 0 };
+    const saved: LayerSaved = { h, h1: h };
     const x = this.inputNorm.forward(b, h);
     const a = opts.cache
       ? this.attention.forwardAbsorbed(b, x, ctx, opts.cache)
@@ -57,7 +58,7 @@ export class DecoderLayer {
     b.free(a);
     const x2 = this.postAttentionNorm.forward(b, h1);
     const f = this.ffn instanceof MoE
-      ? this.ffn.forward(b, x2, opts.expertLoad, train && ((s, loss) => ((saved.ffn = s), (saved.balanceLoss = loss))), train && { batch: ctx.batch, seq: ctx.seq, balanceAlpha: train.balanceAlpha })
+      ? this.ffn.forward(b, x2, opts.expertLoad, train && ((s) => (saved.ffn = s)), train && { batch: ctx.batch, seq: ctx.seq, balanceAlpha: train.balanceAlpha, balanceSum: train.balanceSum })
       : this.ffn.forward(b, x2, train && ((s) => (saved.ffn = s)));
     const out = b.add(h1, f);
     b.free(f);

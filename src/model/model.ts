@@ -20,8 +20,8 @@ export interface ForwardOptions {
   hiddenStates?: Tensor[];
   /** Compute logits for the last position of each sequence only (decoding). */
   lastOnly?: boolean;
-  /** Accumulates per layer the tokens each routed expert received ([layer][expert]). */
-  expertLoad?: Float64Array[];
+  /** Accumulates per layer the tokens each routed expert received: [E] on the device per layer. */
+  expertLoad?: Tensor[];
 }
 
 export class DeepseekV3 {

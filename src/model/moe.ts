@@ -1,13 +1,19 @@
 // DeepSeekMoE (SPEC §3): shared experts that see every token plus routed experts chosen per
 // token by a group-limited top-k over sigmoid affinities with a selection-only bias.
 
-import type { Backend, MoePadding, MoePermutation, RouterConfig, RouterOutput } from '../backend/backend.js';
+import type { Backend, MoeFixedCapacity, MoePadding, MoePermutation, RouterConfig, RouterOutput } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
 import type { WeightGradJob } from './grad-jobs.js';
 import { Linear } from './linear.js';
 import { MLP, type MlpSaved } from './mlp.js';
 import type { Parameter, ParameterSet } from './parameters.js';
+
+/** A packed permutation's host counts (only fixed-capacity permutations, which are padded, have none). */
+function hostCounts(perm: MoePermutation): number[] {
+  if (!perm.counts) throw new Error('MoE: a fixed-capacity permutation has no host counts');
+  return perm.counts;
+}
 
 export function routerConfig(c: ModelConfig): RouterConfig {
   return {
@@ -39,6 +45,8 @@ export interface MoeTrainOptions {
   seq: number;
   /** α of the balance loss (0: off). */
   balanceAlpha: number;
+  /** [1]: the balance loss is added into it on the device (needed when α > 0). */
+  balanceSum: Tensor | null;
 }
 
 /**
@@ -76,6 +84,12 @@ export class MoE {
    * null always packs them.
    */
   padding: MoePadding | null | undefined = undefined;
+  /**
+   * When set, the permutation pads to this capacity per expert without reading the counts back
+   * (a captured training step, CapturedTrainStep): slots past an expert's capacity are dropped and
+   * counted into `overflow`.
+   */
+  fixedCapacity: MoeFixedCapacity | null = null;
 
   constructor(params: ParameterSet, prefix: string, readonly config: ModelConfig) {
     const c = config;
@@ -89,8 +103,9 @@ export class MoE {
   }
 
   /**
-   * x [N, d] → [N, d]. `expertLoad`, when given, accumulates the tokens each expert received.
-   * With `save` (training), keeps the activations and returns the balance loss through it.
+   * x [N, d] → [N, d]. `expertLoad` [E], when given, accumulates the tokens each expert received
+   * (on the device). With `save` (training), keeps the activations; the balance loss goes into
+   * train.balanceSum.
    *
    * The routed experts run on the permuted rows in place: on padded expert blocks each Linear is
    * one batched GEMM for every expert (Backend.groupedLinear); on packed rows each expert's GEMMs
@@ -98,7 +113,7 @@ export class MoE {
    * once for all experts. Inference on at most MOE_DIRECT_MAX_SLOTS slots skips the permutation
    * (moeExpertsDirect) unless `expertLoad` asks for the counts it would bring.
    */
-  forward(b: Backend, x: Tensor, expertLoad?: Float64Array, save?: (s: MoeSaved, balanceLoss: number) => void, train?: MoeTrainOptions): Tensor {
+  forward(b: Backend, x: Tensor, expertLoad?: Tensor, save?: (s: MoeSaved) => void, train?: MoeTrainOptions): Tensor {
     const logits = this.gate.forward(b, x);
     const route = b.routerTopK(logits, this.bias?.value ?? null, this.router);
     if (!save && !expertLoad && x.shape[0] * this.router.topK <= MOE_DIRECT_MAX_SLOTS) {
@@ -107,13 +122,14 @@ export class MoE {
       this.addShared(b, x, out);
       return out;
     }
-    // The balance loss needs only the routing: computing it first lets its download wait for the
-    // router alone, and moePermute's download right after finds the GPU all but idle.
-    const balance = save && train && train.balanceAlpha > 0 ? b.sequenceBalanceLoss(route, train.batch, train.seq, train.balanceAlpha) : null;
+    let balanceGrad: Tensor | null = null;
+    if (save && train && train.balanceAlpha > 0) {
+      if (!train.balanceSum) throw new Error('MoE.forward: a balance loss (α > 0) needs train.balanceSum');
+      balanceGrad = b.sequenceBalanceLossInto(route, train.batch, train.seq, train.balanceAlpha, train.balanceSum);
+    }
     const padding = this.padding === undefined ? b.moePadding : this.padding;
-    const perm = b.moePermute(x, route.indices, this.experts.length, padding ?? undefined);
-    const counts = perm.counts;
-    if (expertLoad) for (let e = 0; e < counts.length; e++) expertLoad[e] += counts[e];
+    const perm = b.moePermute(x, route.indices, this.experts.length, padding ?? undefined, this.fixedCapacity ?? undefined);
+    if (expertLoad) b.expertLoadInto(route.indices, this.experts.length, expertLoad);
     let gate: Tensor, up: Tensor, act: Tensor, expertOut: Tensor;
     if (perm.capacity !== null) {
       gate = b.groupedLinear(perm.rows, this.weights('gate'));
@@ -137,7 +153,7 @@ export class MoE {
     const out = b.moeUnpermute(expertOut, perm.sourceSlot, route.weights);
     const sharedSave = this.addShared(b, x, out, save !== undefined);
     if (save) {
-      save({ x, logits, route, perm, expertOut, experts: { gate, up, act }, shared: sharedSave, balanceGrad: balance?.dScores ?? null }, balance?.loss ?? 0);
+      save({ x, logits, route, perm, expertOut, experts: { gate, up, act }, shared: sharedSave, balanceGrad });
     } else {
       for (const t of [logits, route.scores, route.indices, route.weights, perm.rows, perm.sourceSlot, gate, up, act, expertOut]) b.free(t);
     }
@@ -180,9 +196,10 @@ export class MoE {
 
   /** Packed rows: `body` for each expert that received rows, with its rows' offset and count. */
   private eachExpert(perm: MoePermutation, body: (expert: MLP, offset: number, count: number) => void): void {
+    const counts = hostCounts(perm);
     let offset = 0;
     for (let e = 0; e < this.experts.length; e++) {
-      const count = perm.counts[e];
+      const count = counts[e];
       if (count === 0) continue;
       body(this.experts[e], offset, count);
       offset += count;

@@ -48,7 +48,7 @@ export class MtpModule {
    */
   forward(
     b: Backend, hPrev: Tensor, emb: Tensor, ctx: ForwardContext,
-    opts: { train?: TrainForward; save?: (s: MtpSaved) => void; expertLoad?: Float64Array; cache?: LatentCacheLayer } = {},
+    opts: { train?: TrainForward; save?: (s: MtpSaved) => void; expertLoad?: Tensor; cache?: LatentCacheLayer } = {},
   ): { normed: Tensor; hk: Tensor } {
     const N = hPrev.shape[0];
     const d = hPrev.shape[1];

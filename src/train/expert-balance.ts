@@ -4,6 +4,7 @@
 
 import type { Backend } from '../backend/backend.js';
 import type { Parameter } from '../model/parameters.js';
+import type { Tensor } from '../tensor/tensor.js';
 
 export interface ExpertLoadStats {
   layer: number;
@@ -24,11 +25,8 @@ export function expertLoadStats(layer: number, load: Float64Array): ExpertLoadSt
   return { layer, max_over_mean: mean > 0 ? max / mean : 0, min_over_mean: mean > 0 ? min / mean : 0, dead };
 }
 
-/** Apply the bias update to one MoE layer's correction bias from that layer's step load. */
-export function updateCorrectionBias(b: Backend, bias: Parameter, load: Float64Array, gamma: number): void {
+/** Apply the bias update to one MoE layer's correction bias from that layer's step load [E] (on the device). */
+export function updateCorrectionBias(b: Backend, bias: Parameter, load: Tensor, gamma: number): void {
   if (gamma === 0) return;
-  const mean = load.reduce((a, c) => a + c, 0) / load.length;
-  const values = b.download(bias.value);
-  for (let i = 0; i < values.length; i++) values[i] += gamma * Math.sign(mean - load[i]);
-  b.copyFromHost(bias.value, values);
+  b.correctionBiasUpdate(bias.value, load, gamma);
 }

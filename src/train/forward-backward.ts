@@ -2,12 +2,18 @@
 // and MTP cross-entropy losses computed chunk by chunk (the [tokens, vocab] logits never exist
 // whole), the balance losses, then backward through MTP, the main stack and the embedding.
 // Parameter gradients accumulate into each Parameter's grad.
+//
+// The step reads nothing back to the host while it runs: its inputs are device tensors
+// (StepInputs), the losses and expert loads accumulate into one device tensor (StepSums), read
+// once afterwards. So the same code runs eagerly (forwardBackward) and inside a captured graph
+// (CapturedTrainStep), as long as the MoE layers permute to a fixed capacity there.
 
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { LayerSaved, TrainForward } from '../model/decoder-layer.js';
 import { runWeightGradJobs, type WeightGradJob } from '../model/grad-jobs.js';
 import type { Linear } from '../model/linear.js';
+import type { ForwardContext } from '../model/mla.js';
 import type { DeepseekV3 } from '../model/model.js';
 import type { MtpSaved } from '../model/mtp.js';
 
@@ -42,88 +48,146 @@ export function shifted(tokens: Int32Array, batch: number, window: number, seq: 
 }
 
 /**
- * Cross-entropy of head(h) against targets, chunk by chunk: returns the summed loss and dh
- * (for loss · scale), and adds the head's weight gradient immediately (a chunk's logits are
- * freed before the next one exists). With `withGrad` false only the loss is computed.
+ * A micro-batch's token ids on the device, each [batch·seq] i32: `shifted` by 0 (the inputs), 1 (the
+ * main targets), …, D + 1 (depth D's targets); depth k's inputs are the targets of depth k − 1.
+ */
+export interface StepInputs {
+  byShift: Tensor[];
+}
+
+/** Upload the shifts 0 … D + 1 of tokens [batch, window = seq + 1 + D] (into `into` when given). */
+export function uploadStepInputs(b: Backend, tokens: Int32Array, batch: number, seq: number, D: number, into?: StepInputs): StepInputs {
+  const window = seq + 1 + D;
+  if (tokens.length !== batch * window) throw new Error(`training step: ${tokens.length} tokens for ${batch} windows of ${window}`);
+  const byShift: Tensor[] = [];
+  for (let shift = 0; shift <= D + 1; shift++) {
+    const ids = shifted(tokens, batch, window, seq, shift);
+    if (into) b.copyFromHostInt(into.byShift[shift], ids);
+    else byShift.push(b.uploadInt(ids, [ids.length]));
+  }
+  return into ?? { byShift };
+}
+
+/**
+ * What a step accumulates on the device, in one FP32 tensor read with one download: the main
+ * loss (sum, targets), each MTP depth's (sum, targets), the balance loss, and per MoE layer the
+ * tokens each expert received. Zeroed by `reset`; micro-batches add into it.
+ */
+export class StepSums {
+  readonly all: Tensor;
+  readonly main: Tensor;
+  readonly mtp: Tensor[];
+  readonly balance: Tensor;
+  /** [E] per layer of the main stack then per MTP block; null for dense layers. */
+  readonly loads: (Tensor | null)[];
+  private readonly layerExperts: number[];
+
+  constructor(private readonly b: Backend, model: DeepseekV3) {
+    const D = model.mtp.length;
+    this.layerExperts = [...model.layers, ...model.mtp.map((m) => m.block)].map((l) => ('experts' in l.ffn ? l.ffn.experts.length : 0));
+    const total = 2 + 2 * D + 1 + this.layerExperts.reduce((a, e) => a + e, 0);
+    this.all = b.zeros([total], 'f32');
+    let at = 0;
+    const take = (n: number) => {
+      const view = b.rows(this.all, at, n);
+      at += n;
+      return view;
+    };
+    this.main = take(2);
+    this.mtp = Array.from({ length: D }, () => take(2));
+    this.balance = take(1);
+    this.loads = this.layerExperts.map((e) => (e > 0 ? take(e) : null));
+  }
+
+  reset(): void {
+    this.b.scaleInPlace(this.all, 0);
+  }
+
+  /** The figures of `micro` micro-batches (each loss averaged over its targets; `gradScale` divided out of the balance loss). */
+  read(mtpWeight: number, balanceGradScale: number): MicroBatchResult {
+    const v = this.b.download(this.all);
+    const D = this.mtp.length;
+    const mainLoss = v[0] / v[1];
+    const mtpLosses = Array.from({ length: D }, (_, k) => v[2 + 2 * k] / v[3 + 2 * k]);
+    const balanceLoss = v[2 + 2 * D] / balanceGradScale;
+    let at = 3 + 2 * D;
+    const expertLoad = this.layerExperts.map((e) => {
+      const load = Float64Array.from(v.subarray(at, at + e));
+      at += e;
+      return load;
+    });
+    const mtpTotal = D > 0 ? (mtpWeight / D) * mtpLosses.reduce((a, c) => a + c, 0) : 0;
+    return { loss: mainLoss + mtpTotal + balanceLoss, mainLoss, mtpLosses, balanceLoss, expertLoad };
+  }
+
+  free(): void {
+    this.b.free(this.all);
+  }
+}
+
+/**
+ * Cross-entropy of head(h) [N, d] against targets [N] i32, chunk by chunk: adds (loss sum, targets)
+ * into sums [2] and returns dh (for loss · scale), adding the head's weight gradient immediately (a
+ * chunk's logits are freed before the next one exists). With `withGrad` false only the loss.
  */
 export function chunkedCrossEntropy(
-  b: Backend, h: Tensor, head: Linear, targets: Int32Array, scale: number, chunkRows: number, withGrad: boolean,
-): { lossSum: number; count: number; dh: Tensor | null } {
+  b: Backend, h: Tensor, head: Linear, targets: Tensor, scale: number, chunkRows: number, withGrad: boolean, sums: Tensor,
+): Tensor | null {
   const N = h.shape[0];
   // dh's rows come from the chunks one by one; the main loss's dh then takes the MTP gradient too
   const dh = withGrad ? b.zeros(h.shape) : null;
-  let lossSum = 0, count = 0;
   const jobs: WeightGradJob[] = [];
-  const allTargets = b.uploadInt(targets, [N]);
   for (let r0 = 0; r0 < N; r0 += chunkRows) {
     const rows = Math.min(chunkRows, N - r0);
     const hc = b.rows(h, r0, rows);
     const logits = head.forward(b, hc);
-    const t = b.rows(allTargets, r0, rows);
-    const ce = b.crossEntropy(logits, t, scale);
-    lossSum += ce.lossSum;
-    count += ce.count;
+    const dLogits = b.crossEntropyInto(logits, b.rows(targets, r0, rows), scale, sums);
     if (dh) {
-      head.backwardInput(b, hc, ce.dLogits, jobs, b.rows(dh, r0, rows));
+      head.backwardInput(b, hc, dLogits, jobs, b.rows(dh, r0, rows));
       runWeightGradJobs(b, jobs);
     }
     b.free(logits);
-    b.free(ce.dLogits);
+    b.free(dLogits);
   }
-  b.free(allTargets);
-  return { lossSum, count, dh };
+  return dh;
 }
 
 /**
- * Forward and backward of one micro-batch. tokens [batch, window] with window = seq + 1 + D
- * (D = the model's MTP depth): inputs are positions [0, seq), main targets [1, seq], and MTP
- * depth k reads tokens [k, seq + k) and predicts [k + 1, seq + k].
+ * Forward and backward of one micro-batch on the device, no host read: `ctx` the positions of
+ * [batch, seq] tokens (from model.context), `inputs` its token ids, `sums` what it accumulates.
+ * Inputs are positions [0, seq), main targets [1, seq], and MTP depth k reads tokens [k, seq + k)
+ * and predicts [k + 1, seq + k].
  */
-export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: number, seq: number, opts: LossOptions): MicroBatchResult {
+export function forwardBackwardOnDevice(model: DeepseekV3, ctx: ForwardContext, inputs: StepInputs, opts: LossOptions, sums: StepSums): void {
   const b = model.backend;
   const D = model.mtp.length;
-  const window = seq + 1 + D;
-  if (tokens.length !== batch * window) throw new Error(`forwardBackward: ${tokens.length} tokens for ${batch} windows of ${window}`);
+  const { batch, seq } = ctx;
   const chunk = opts.lossChunkRows ?? 1024;
   const gradScale = opts.gradScale ?? 1;
   // the balance loss's gradient is produced inside the MoE forward, so its α carries the gradient scale
-  const train: TrainForward = { recompute: opts.recompute, balanceAlpha: opts.balanceAlpha * gradScale };
+  const train: TrainForward = { recompute: opts.recompute, balanceAlpha: opts.balanceAlpha * gradScale, balanceSum: sums.balance };
   const jobs: WeightGradJob[] = [];
 
   // ---- forward ---------------------------------------------------------------------
-  const ctx = model.context(batch, seq, 0);
-  const ids = shifted(tokens, batch, window, seq, 0);
-  const idsT = b.uploadInt(ids, [ids.length]);
+  const idsT = inputs.byShift[0];
   let h = b.embedding(model.embedTokens.value, idsT);
   const saved: LayerSaved[] = [];
-  const expertLoad = [...model.layers, ...model.mtp.map((m) => m.block)].map((l) => new Float64Array('experts' in l.ffn ? l.ffn.experts.length : 0));
   model.layers.forEach((layer, l) => {
-    h = layer.forward(b, h, ctx, { train, saved, expertLoad: expertLoad[l] });
+    h = layer.forward(b, h, ctx, { train, saved, expertLoad: sums.loads[l] ?? undefined });
   });
   const hLast = h;
   const hNorm = model.norm.forward(b, hLast);
-
-  const mainTargets = shifted(tokens, batch, window, seq, 1);
-  const main = chunkedCrossEntropy(b, hNorm, model.lmHead, mainTargets, gradScale / (batch * seq), chunk, true);
-  const mainLoss = main.lossSum / main.count;
-  let balanceLoss = saved.reduce((s, l) => s + l.balanceLoss, 0);
+  const dHNorm = chunkedCrossEntropy(b, hNorm, model.lmHead, inputs.byShift[1], gradScale / (batch * seq), chunk, true, sums.main)!;
 
   // MTP: forward every depth (each needs the previous h^k), then backward from the deepest
-  const mtpLosses: number[] = [];
   const mtpSaved: MtpSaved[] = [];
   const mtpNormedGrads: Tensor[] = [];
-  const mtpEmbIds: Tensor[] = [];
   let hPrev = hNorm;
   model.mtp.forEach((module, i) => {
     const k = i + 1;
-    const embIds = b.uploadInt(shifted(tokens, batch, window, seq, k), [batch * seq]);
-    const emb = b.embedding(model.embedTokens.value, embIds);
-    const { normed, hk } = module.forward(b, hPrev, emb, ctx, { train, save: (s) => mtpSaved.push(s), expertLoad: expertLoad[model.layers.length + i] });
-    const ce = chunkedCrossEntropy(b, normed, model.lmHead, shifted(tokens, batch, window, seq, k + 1), (gradScale * opts.mtpWeight) / (D * batch * seq), chunk, true);
-    mtpLosses.push(ce.lossSum / ce.count);
-    mtpNormedGrads.push(ce.dh!);
-    mtpEmbIds.push(embIds);
-    balanceLoss += mtpSaved[i].block[0].balanceLoss;
+    const emb = b.embedding(model.embedTokens.value, inputs.byShift[k]);
+    const { normed, hk } = module.forward(b, hPrev, emb, ctx, { train, save: (s) => mtpSaved.push(s), expertLoad: sums.loads[model.layers.length + i] ?? undefined });
+    mtpNormedGrads.push(chunkedCrossEntropy(b, normed, model.lmHead, inputs.byShift[k + 1], (gradScale * opts.mtpWeight) / (D * batch * seq), chunk, true, sums.mtp[i])!);
     hPrev = hk;
   });
 
@@ -131,11 +195,10 @@ export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: nu
   let dHNext: Tensor | null = null;
   for (let i = D - 1; i >= 0; i--) {
     const { dHPrev, dEmb } = model.mtp[i].backwardInput(b, mtpSaved[i], mtpNormedGrads[i], dHNext, jobs);
-    jobs.push({ kind: 'embedding', weight: model.embedTokens, ids: mtpEmbIds[i], dy: dEmb });
+    jobs.push({ kind: 'embedding', weight: model.embedTokens, ids: inputs.byShift[i + 1], dy: dEmb });
     runWeightGradJobs(b, jobs);
     dHNext = dHPrev;
   }
-  const dHNorm = main.dh!;
   if (dHNext) b.addInPlace(dHNorm, dHNext);
   let dH = model.norm.backwardInput(b, hLast, dHNorm, jobs);
   for (let l = model.layers.length - 1; l >= 0; l--) {
@@ -144,8 +207,23 @@ export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: nu
   }
   jobs.push({ kind: 'embedding', weight: model.embedTokens, ids: idsT, dy: dH });
   runWeightGradJobs(b, jobs);
+}
 
-  const mtpTotal = D > 0 ? (opts.mtpWeight / D) * mtpLosses.reduce((a, c) => a + c, 0) : 0;
-  balanceLoss /= gradScale;
-  return { loss: mainLoss + mtpTotal + balanceLoss, mainLoss, mtpLosses, balanceLoss, expertLoad };
+/**
+ * Forward and backward of one micro-batch, eagerly. tokens [batch, window] with window =
+ * seq + 1 + D (D = the model's MTP depth). Returns its losses and expert loads (one download).
+ */
+export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: number, seq: number, opts: LossOptions): MicroBatchResult {
+  const b = model.backend;
+  const inputs = uploadStepInputs(b, tokens, batch, seq, model.mtp.length);
+  const ctx = model.context(batch, seq, 0);
+  const sums = new StepSums(b, model);
+  try {
+    forwardBackwardOnDevice(model, ctx, inputs, opts, sums);
+    return sums.read(opts.mtpWeight, opts.gradScale ?? 1);
+  } finally {
+    sums.free();
+    b.free(ctx.positions);
+    for (const t of inputs.byShift) b.free(t);
+  }
 }

@@ -2,8 +2,13 @@
 // BF16 moments (stored in BF16 where the backend has it, else BF16-rounded values), decoupled
 // weight decay on matrices only, global-norm gradient clipping inside the update.
 // Router correction biases take no gradient: the balancing rule in ./expert-balance updates them.
+//
+// A step has a host part (`prepare`: the step number and the learning rate, written into a small
+// device tensor) and a device part (`applyOnDevice`: the norm, the clipping coefficient and the
+// update, which read that tensor and nothing from the host), so that a captured training step can
+// replay the device part after each `prepare`. `step` does both and reads the norm back.
 
-import type { Backend } from '../backend/backend.js';
+import { adamwHyperValues, type AdamWScalars, type Backend } from '../backend/backend.js';
 import type { Parameter } from '../model/parameters.js';
 import type { Tensor } from '../tensor/tensor.js';
 
@@ -30,6 +35,10 @@ export function isTrainable(p: Parameter): boolean {
 export class AdamW {
   readonly state: OptimizerState = { step: 0, m: new Map(), v: new Map() };
   private readonly params: Parameter[];
+  /** [2]: the global gradient norm and its clipping coefficient, written by gradNormClip. */
+  private readonly normAndScale: Tensor;
+  /** The update's device scalars: hyper written by `prepare`, gradScale (a view of normAndScale) and skip by gradNormClip. */
+  private readonly scalars: AdamWScalars;
 
   constructor(private readonly b: Backend, params: Parameter[], readonly config: AdamWConfig) {
     this.params = params.filter(isTrainable);
@@ -37,6 +46,8 @@ export class AdamW {
       this.state.m.set(p.name, b.zeros(p.value.shape, config.momentsDtype));
       this.state.v.set(p.name, b.zeros(p.value.shape, config.momentsDtype));
     }
+    this.normAndScale = b.zeros([2], 'f32');
+    this.scalars = { hyper: b.zeros([3], 'f32'), gradScale: b.rows(this.normAndScale, 1, 1), skip: b.uploadInt(new Int32Array(1), [1]) };
   }
 
   /** The global L2 norm of all gradients: one multi-tensor reduction, one number downloaded. */
@@ -44,26 +55,45 @@ export class AdamW {
     return Math.sqrt(this.b.sumSquaresMany(this.params.map((p) => p.gradient)));
   }
 
+  /** The host part of a step, outside any graph capture: the next step number, and its learning rate and bias corrections uploaded. */
+  prepare(lr: number): void {
+    this.state.step++;
+    this.b.copyFromHost(this.scalars.hyper, adamwHyperValues(lr, this.config, this.state.step));
+  }
+
+  /**
+   * The device part of the step `prepare` set up, which reads nothing back (a graph may capture
+   * it): the global gradient norm, then every parameter updated from its gradient scaled by the
+   * clipping coefficient (the gradients are left as they are); a NaN or infinite norm skips the
+   * update. Returns the device tensor [2] holding the norm and the coefficient.
+   */
+  applyOnDevice(): Tensor {
+    const { b, config } = this;
+    const grads = this.params.map((p) => p.gradient);
+    b.gradNormClip(grads, config.gradClip, this.normAndScale, this.scalars.skip);
+    // one pass over every parameter (one launch on the GPU); decoupled weight decay on matrices
+    // only: not on norms or other vectors
+    const m = this.state.m, v = this.state.v;
+    b.adamwMany(
+      this.params.map((p) => p.value), grads, this.params.map((p) => m.get(p.name)!), this.params.map((p) => v.get(p.name)!),
+      { beta1: config.beta1, beta2: config.beta2, eps: config.eps, momentsBf16: config.momentsDtype === 'bf16' },
+      this.params.map((p) => (p.value.shape.length >= 2 ? config.weightDecay : 0)),
+      this.scalars,
+    );
+    return this.normAndScale;
+  }
+
   /**
    * Update every parameter with learning rate `lr` from its gradient clipped by the global norm
    * (scaled inside the update; the gradients are left as they are); returns the norm before clipping.
    */
   step(lr: number): number {
-    const norm = this.gradNorm();
-    if (!Number.isFinite(norm)) throw new Error(`gradient norm is ${norm} at step ${this.state.step + 1}: training diverged (lower --lr?)`);
-    const clip = this.config.gradClip > 0 && norm > this.config.gradClip ? this.config.gradClip / norm : 1;
-    this.state.step++;
-    // one pass over every parameter (one launch on the GPU); decoupled weight decay on matrices
-    // only: not on norms or other vectors
-    const m = this.state.m, v = this.state.v;
-    this.b.adamwMany(
-      this.params.map((p) => p.value), this.params.map((p) => p.gradient), this.params.map((p) => m.get(p.name)!), this.params.map((p) => v.get(p.name)!),
-      {
-        lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, step: this.state.step, momentsBf16: this.config.momentsDtype === 'bf16',
-        gradScale: clip,
-      },
-      this.params.map((p) => (p.value.shape.length >= 2 ? this.config.weightDecay : 0)),
-    );
+    this.prepare(lr);
+    const norm = this.b.download(this.applyOnDevice())[0]!;
+    if (!Number.isFinite(norm)) {
+      this.state.step--; // the update was skipped: the state is still the previous step's
+      throw new Error(`gradient norm is ${norm} at step ${this.state.step + 1}: training diverged (lower --lr?)`);
+    }
     return norm;
   }
 }

@@ -5,8 +5,9 @@
 import type { Recompute } from '../model/mla.js';
 import type { DeepseekV3 } from '../model/model.js';
 import type { BatchSampler, BatchSamplerState } from './data/batches.js';
+import { CapturedTrainStep } from './captured-step.js';
 import { expertLoadStats, updateCorrectionBias } from './expert-balance.js';
-import { chunkedCrossEntropy, forwardBackward, shifted } from './forward-backward.js';
+import { chunkedCrossEntropy, forwardBackwardOnDevice, shifted, StepSums, uploadStepInputs, type LossOptions } from './forward-backward.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
 import { loadTrainerState, saveCheckpoint, type TrainerMeta } from './checkpoint.js';
 import type { EvalMetrics, StepMetrics } from './plot.js';
@@ -30,12 +31,22 @@ export interface TrainerOptions {
   /** Held-out batches per evaluation. */
   evalBatches: number;
   keepCheckpoints: number;
+  /** Replay each micro-batch's forward and backward from a captured graph (CapturedTrainStep). */
+  captureGraph?: boolean;
+  /** Captured expert capacity over the largest load first measured (default 1.25; below 1 only to test overflows). */
+  captureHeadroom?: number;
 }
 
 export class Trainer {
   step = 0;
   tokens = 0;
   readonly optimizer: AdamW;
+  /** What every step accumulates on the device: losses and expert loads. */
+  private readonly sums: StepSums;
+  private readonly lossOptions: LossOptions;
+  private readonly captured: CapturedTrainStep | null;
+  /** Steps redone eagerly because an expert's load overflowed its captured capacity. */
+  capturedOverflows = 0;
 
   constructor(readonly model: DeepseekV3, readonly sampler: BatchSampler, readonly opts: TrainerOptions) {
     const window = opts.seqLen + 1 + model.mtp.length;
@@ -49,6 +60,9 @@ export class Trainer {
     this.optimizer = new AdamW(model.backend, model.params.all(), opts.adamw);
     // RoPE tables for the training length now, so that no step allocates anything that outlives it
     model.backend.free(model.context(1, opts.seqLen + model.mtp.length, 0).positions);
+    this.sums = new StepSums(model.backend, model);
+    this.lossOptions = { mtpWeight: opts.mtpWeight, balanceAlpha: opts.balanceAlpha, recompute: opts.recompute, gradScale: 1 / opts.gradAccum };
+    this.captured = opts.captureGraph ? new CapturedTrainStep(model, opts.batchSize, opts.seqLen, this.lossOptions, this.sums, opts.captureHeadroom) : null;
   }
 
   /** The MoE layers whose correction bias the balancing rule updates, by their index in the step's loads. */
@@ -72,35 +86,54 @@ export class Trainer {
     const { model, opts } = this;
     const b = model.backend;
     const started = performance.now();
-    // every gradient to zero in one launch
-    b.scaleInPlaceMany(model.params.all().flatMap((p) => (p.grad ? [p.grad] : [])), 0);
-    let loss = 0, mainLoss = 0, balanceLoss = 0;
-    let mtpLoss = new Array<number>(model.mtp.length).fill(0);
-    let loads: Float64Array[] | null = null;
-    for (let micro = 0; micro < opts.gradAccum; micro++) {
-      const tokens = this.sampler.nextBatch(opts.batchSize);
-      const r = forwardBackward(model, tokens, opts.batchSize, opts.seqLen, {
-        mtpWeight: opts.mtpWeight, balanceAlpha: opts.balanceAlpha, recompute: opts.recompute, gradScale: 1 / opts.gradAccum,
-      });
-      loss += r.loss / opts.gradAccum;
-      mainLoss += r.mainLoss / opts.gradAccum;
-      balanceLoss += r.balanceLoss / opts.gradAccum;
-      mtpLoss = mtpLoss.map((m, k) => m + r.mtpLosses[k] / opts.gradAccum);
-      if (!loads) loads = r.expertLoad;
-      else loads.forEach((l, i) => l.forEach((_, e) => (l[e] += r.expertLoad[i][e])));
+    const batches = Array.from({ length: opts.gradAccum }, () => this.sampler.nextBatch(opts.batchSize));
+    this.clearStep();
+    if (this.captured) {
+      this.captured.startStep();
+      for (const tokens of batches) this.captured.run(tokens);
+      if (this.captured.overflowed()) {
+        // an expert got more tokens than its captured capacity: redo the step eagerly
+        this.capturedOverflows++;
+        this.captured.grow();
+        this.clearStep();
+        for (const tokens of batches) this.eagerMicroBatch(tokens);
+      }
+    } else {
+      for (const tokens of batches) this.eagerMicroBatch(tokens);
     }
+    // the balance losses were computed with gradScale = 1 / gradAccum: their sum is the mean
+    const r = this.sums.read(opts.mtpWeight, 1);
     const lr = learningRate(opts.schedule, this.step + 1);
     const gradNorm = this.optimizer.step(lr);
     const moe = this.moeLayers();
-    for (const { index, ffn } of moe) if (ffn.bias) updateCorrectionBias(b, ffn.bias, loads![index], opts.biasUpdateSpeed);
+    for (const { index, ffn } of moe) if (ffn.bias) updateCorrectionBias(b, ffn.bias, this.sums.loads[index]!, opts.biasUpdateSpeed);
     this.step++;
     const stepTokens = opts.batchSize * opts.seqLen * opts.gradAccum;
     this.tokens += stepTokens;
     return {
-      step: this.step, loss, main_loss: mainLoss, mtp_loss: mtpLoss, balance_loss: balanceLoss, lr, grad_norm: gradNorm,
+      step: this.step, loss: r.loss, main_loss: r.mainLoss, mtp_loss: r.mtpLosses, balance_loss: r.balanceLoss, lr, grad_norm: gradNorm,
       tokens_per_s: stepTokens / ((performance.now() - started) / 1000),
-      expert_load: moe.map(({ index }) => expertLoadStats(index, loads![index])),
+      expert_load: moe.map(({ index }) => expertLoadStats(index, r.expertLoad[index])),
     };
+  }
+
+  /** Every gradient (one launch) and the step's sums to zero. */
+  private clearStep(): void {
+    this.model.backend.scaleInPlaceMany(this.model.params.all().flatMap((p) => (p.grad ? [p.grad] : [])), 0);
+    this.sums.reset();
+  }
+
+  private eagerMicroBatch(tokens: Int32Array): void {
+    const { model, opts } = this;
+    const b = model.backend;
+    const inputs = uploadStepInputs(b, tokens, opts.batchSize, opts.seqLen, model.mtp.length);
+    const ctx = model.context(opts.batchSize, opts.seqLen, 0);
+    try {
+      forwardBackwardOnDevice(model, ctx, inputs, this.lossOptions, this.sums);
+    } finally {
+      b.free(ctx.positions);
+      for (const t of inputs.byShift) b.free(t);
+    }
   }
 
   /** Main-model loss and perplexity on up to `evalBatches` held-out batches. */
@@ -119,15 +152,16 @@ export class Trainer {
     const { model, opts } = this;
     const b = model.backend;
     const window = this.sampler.windowLength;
-    let lossSum = 0, count = 0;
+    const sums = b.zeros([2]);
     for (const tokens of this.sampler.evalBatches(opts.batchSize, opts.evalBatches)) {
       const rows = tokens.length / window;
       const h = model.hidden(shifted(tokens, rows, window, opts.seqLen, 0), rows, opts.seqLen);
-      const ce = chunkedCrossEntropy(b, h, model.lmHead, shifted(tokens, rows, window, opts.seqLen, 1), 1, 1024, false);
+      const targets = b.uploadInt(shifted(tokens, rows, window, opts.seqLen, 1), [rows * opts.seqLen]);
+      chunkedCrossEntropy(b, h, model.lmHead, targets, 1, 1024, false, sums);
       b.free(h);
-      lossSum += ce.lossSum;
-      count += ce.count;
+      b.free(targets);
     }
+    const [lossSum, count] = b.download(sums);
     const loss = lossSum / count;
     return { step: this.step, eval_loss: loss, eval_ppl: Math.exp(loss) };
   }

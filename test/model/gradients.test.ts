@@ -140,14 +140,16 @@ for (const padded of [false, true]) {
     const moe = new MoE(params, 'mlp', config);
     // padded: every expert's rows in a block of the largest count rounded up to 4 (grouped Linear layers)
     moe.padding = padded ? { blockRows: 4, maxRatio: Infinity } : null;
-    const trainOpts = { batch: 2, seq: 4, balanceAlpha: 0.3 };
+    const balanceSum = b.zeros([1]);
+    const trainOpts = { batch: 2, seq: 4, balanceAlpha: 0.3, balanceSum };
     let capacity: number | null | undefined;
     checkModule('MoE', rng, randomTensor(rng, [8, config.hiddenSize]), params.all().filter((p) => !p.name.endsWith('bias')),
       (x) => {
-        let saved: MoeSaved | null = null, extraLoss = 0;
-        const y = moe.forward(b, x, undefined, (s, l) => ((saved = s), (extraLoss = l)), trainOpts);
+        let saved: MoeSaved | null = null;
+        b.scaleInPlace(balanceSum, 0);
+        const y = moe.forward(b, x, undefined, (s) => (saved = s), trainOpts);
         capacity = (saved as MoeSaved | null)?.perm.capacity;
-        return { y, saved, extraLoss };
+        return { y, saved, extraLoss: data(balanceSum)[0] };
       },
       (s, dy, jobs) => moe.backwardInput(b, s as MoeSaved, dy, jobs));
     assert.equal(capacity !== null, padded);
@@ -161,9 +163,15 @@ for (const dense of [true, false]) {
       const layer = new DecoderLayer(params, 'layer', config, dense, softmaxScale(config));
       const model = new DeepseekV3(b, config, new ParameterSet(new RandomParameters(b, { seed: 1 })));
       const ctx = model.context(2, 4, 0);
-      const train = { recompute: { norms: recompute, upProjections: recompute }, balanceAlpha: 0.2 };
+      const balanceSum = b.zeros([1]);
+      const train = { recompute: { norms: recompute, upProjections: recompute }, balanceAlpha: 0.2, balanceSum };
       checkModule('layer', rng, randomTensor(rng, [8, config.hiddenSize]), params.all().filter((p) => !p.name.endsWith('bias')),
-        (x) => { const saved: import('../../src/model/decoder-layer.js').LayerSaved[] = []; const y = layer.forward(b, x, ctx, { train, saved }); return { y, saved: saved[0], extraLoss: saved[0].balanceLoss }; },
+        (x) => {
+          const saved: import('../../src/model/decoder-layer.js').LayerSaved[] = [];
+          b.scaleInPlace(balanceSum, 0);
+          const y = layer.forward(b, x, ctx, { train, saved });
+          return { y, saved: saved[0], extraLoss: data(balanceSum)[0] };
+        },
         (s, dy, jobs) => layer.backwardInput(b, s as import('../../src/model/decoder-layer.js').LayerSaved, dy, jobs));
     });
   }

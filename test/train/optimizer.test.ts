@@ -1,5 +1,6 @@
 // AdamW against a scalar reference written from the formulas, BF16 moments, weight decay on
-// matrices only, clipping inside the update, and the learning-rate schedules.
+// matrices only, clipping inside the update, the step split into its host and device parts (and
+// the device part replayed from a captured graph), a diverged step, and the learning-rate schedules.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -73,6 +74,63 @@ test('global-norm clipping inside the update: the update from gradients scaled b
         assert.deepEqual(b.download(p.gradient), grads[i], `${momentsDtype} step ${step}: the gradient of ${p.name} is not written`);
       });
     }
+  }
+});
+
+test('prepare + applyOnDevice (eagerly, and replayed from a captured graph) is step: the same bits, the norm and coefficient on the device', () => {
+  const rng = new Random(Math.floor(Math.random() * 2 ** 31));
+  const shapes = [[4, 6], [6], [3, 2]];
+  const normal = (n: number, scale: number) => Float64Array.from({ length: n }, () => rng.normal() * scale);
+  for (const momentsDtype of ['f32', 'bf16'] as const) {
+    const init = shapes.map((s) => normal(numel(s), 1));
+    const make = () => init.map((d, i) => new Parameter(`p${i}`, b.upload(d, shapes[i])));
+    const sets = [make(), make(), make()];
+    const cfg = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 2, momentsDtype };
+    const [stepped, split, captured] = sets.map((params) => ({ params, opt: new AdamW(b, params, cfg) }));
+    let graph: ReturnType<typeof b.captureGraph> | null = null;
+    for (let step = 1; step <= 4; step++) {
+      // norms of ~6 (clipped to 2) and ~0.6 (not clipped), alternating
+      const grads = shapes.map((s) => normal(numel(s), step % 2 ? 1 : 0.1));
+      for (const set of sets) {
+        set.forEach((p, i) => {
+          p.grad ??= b.zeros(shapes[i]); // the same tensors every step, as a captured graph reads them
+          b.copyFromHost(p.grad, grads[i]);
+        });
+      }
+      const lr = 0.01 * step;
+      const norm = stepped.opt.step(lr);
+      split.opt.prepare(lr);
+      const normAndScale = b.download(split.opt.applyOnDevice());
+      captured.opt.prepare(lr);
+      graph ??= b.captureGraph(() => void captured.opt.applyOnDevice());
+      graph.replay();
+      assert.deepEqual([...normAndScale], [norm, norm > 2 ? 2 / norm : 1], `${momentsDtype} step ${step}: [norm, coefficient]`);
+      for (const other of [split, captured]) {
+        assert.equal(other.opt.state.step, step);
+        other.params.forEach((p, i) => {
+          assert.deepEqual(b.download(p.value), b.download(stepped.params[i].value), `${momentsDtype} step ${step}: ${p.name}`);
+          assert.deepEqual(b.download(other.opt.state.m.get(p.name)!), b.download(stepped.opt.state.m.get(p.name)!), `${momentsDtype} step ${step}: m of ${p.name}`);
+        });
+      }
+    }
+    graph?.free();
+  }
+});
+
+test('a NaN or infinite gradient norm: step throws and leaves the weights, moments and step number as they were', () => {
+  const rng = new Random(Math.floor(Math.random() * 2 ** 31));
+  for (const poison of [NaN, Infinity]) {
+    const p = new Parameter('w', b.upload(Float64Array.from({ length: 6 }, () => rng.normal()), [2, 3]));
+    const opt = new AdamW(b, [p], { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 1, momentsDtype: 'f32' });
+    p.grad = b.upload(Float64Array.from({ length: 6 }, () => rng.normal()), [2, 3]);
+    opt.step(0.01);
+    const before = [p.value, opt.state.m.get('w')!, opt.state.v.get('w')!].map((t) => b.download(t));
+    const g = Float64Array.from({ length: 6 }, () => rng.normal());
+    g[4] = poison;
+    b.copyFromHost(p.grad, g);
+    assert.throws(() => opt.step(0.01), /gradient norm is (NaN|Infinity) at step 2: training diverged/);
+    assert.equal(opt.state.step, 1);
+    [p.value, opt.state.m.get('w')!, opt.state.v.get('w')!].forEach((t, i) => assert.deepEqual(b.download(t), before[i], `${poison}: tensor ${i} unchanged`));
   }
 });
 

@@ -1,7 +1,7 @@
 // The CPU backend (DESIGN §6): FP32 or FP64 everywhere, GEMMs on all cores through
 // ./gemm (a system BLAS or our own kernel), the other ops as plain loops.
 
-import { adamwManyCount, moeCapacity, type AdamWHyper, type AdamWSharedHyper, type Backend, type CapturedGraph, type GemmSpec, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
+import { adamwManyCount, moeCapacity, type AdamWHyper, type AdamWScalars, type Backend, type CapturedGraph, type GemmSpec, type MoeFixedCapacity, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type Tensor } from '../../tensor/tensor.js';
 import { causalAttention, latentAttentionAt } from './attention.js';
 import { CpuTensor, allocFloat, floats, ints, type FloatArray } from './cpu-tensor.js';
@@ -17,6 +17,27 @@ function sameShape(a: Tensor, b: Tensor, op: string): void {
 
 function lastDim(t: Tensor): number {
   return t.shape[t.shape.length - 1];
+}
+
+/** The `n` floats of `t`, a tensor that an op reads or writes as numbers (AdamW's scalars, accumulated losses). */
+function scalars(t: Tensor, n: number, what: string): FloatArray {
+  const x = floats(t);
+  if (x.length !== n) throw new Error(`${what}: expected ${n} number(s), got ${shapeString(t.shape)}`);
+  return x;
+}
+
+/** The one i32 of `t` (AdamW's skip). */
+function intScalar(t: Tensor, what: string): Int32Array {
+  const x = ints(t);
+  if (x.length !== 1) throw new Error(`${what}: expected one i32, got ${shapeString(t.shape)}`);
+  return x;
+}
+
+/** The numbers of AdamW's scalars, or null when its skip is set (the step then changes nothing). */
+function adamwStep(s: AdamWScalars): train.AdamWStep | null {
+  if (s.skip && intScalar(s.skip, 'adamw skip')[0] !== 0) return null;
+  const [lr, c1, c2] = scalars(s.hyper, 3, 'adamw hyper');
+  return { lr, c1, c2, gradScale: s.gradScale ? scalars(s.gradScale, 1, 'adamw gradScale')[0] : 1 };
 }
 
 /** The largest of `positions` after checking that each lies in a cache of `S` positions. */
@@ -296,7 +317,8 @@ export class CpuBackend implements Backend {
     return { scores, indices, weights };
   }
 
-  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation {
+  /** An expert index outside [0, numExperts) throws, with a fixed capacity too. */
+  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding, fixed?: MoeFixedCapacity): MoePermutation {
     const [N, d] = x.shape;
     const idx = ints(indices);
     const K = lastDim(indices);
@@ -305,20 +327,45 @@ export class CpuBackend implements Backend {
       if (!(e >= 0 && e < numExperts)) throw new Error(`moePermute: expert index ${e} outside [0, ${numExperts})`);
       counts[e]++;
     }
-    const capacity = padding ? moeCapacity(counts, N * K, padding) : null;
+    if (fixed && !(Number.isInteger(fixed.capacity) && fixed.capacity > 0)) throw new Error(`moePermute: fixed capacity ${fixed.capacity} (a positive integer)`);
+    const capacity = fixed ? fixed.capacity : padding ? moeCapacity(counts, N * K, padding) : null;
     const R = capacity === null ? N * K : numExperts * capacity;
     const start = new Int32Array(numExperts);
     for (let e = 1; e < numExperts; e++) start[e] = capacity === null ? start[e - 1] + counts[e - 1] : e * capacity;
     const sourceSlot = new Int32Array(R).fill(-1);
     const rows = this.newFloat([R, d]);
     const xs = floats(x), r = rows.data as FloatArray;
+    let dropped = 0;
     for (let slot = 0; slot < N * K; slot++) {
-      const dest = start[idx[slot]]++;
+      const e = idx[slot];
+      if (capacity !== null && start[e] === (e + 1) * capacity) {
+        dropped++; // past a fixed capacity: the slot gets no row
+        continue;
+      }
+      const dest = start[e]++;
       sourceSlot[dest] = slot;
       const n = Math.floor(slot / K);
       r.set(xs.subarray(n * d, (n + 1) * d), dest * d);
     }
-    return { rows, sourceSlot: new CpuTensor([R], 'i32', sourceSlot), counts, capacity };
+    if (fixed) ints(fixed.overflow)[0] += dropped;
+    return { rows, sourceSlot: new CpuTensor([R], 'i32', sourceSlot), counts: fixed ? null : counts, capacity };
+  }
+
+  expertLoadInto(indices: Tensor, numExperts: number, load: Tensor): void {
+    const l = floats(load);
+    if (l.length !== numExperts) throw new Error(`expertLoadInto: load [${load.shape.join(', ')}] for ${numExperts} experts`);
+    for (const e of ints(indices)) {
+      if (!(e >= 0 && e < numExperts)) throw new Error(`expertLoadInto: expert index ${e} outside [0, ${numExperts})`);
+      l[e]++;
+    }
+  }
+
+  correctionBiasUpdate(bias: Tensor, load: Tensor, gamma: number): void {
+    const b = floats(bias), l = floats(load);
+    let sum = 0;
+    for (const c of l) sum += c;
+    const mean = sum / l.length;
+    for (let i = 0; i < b.length; i++) b[i] += gamma * Math.sign(mean - l[i]);
   }
 
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor {
@@ -543,6 +590,13 @@ export class CpuBackend implements Backend {
     return { loss, dScores };
   }
 
+  sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor {
+    const acc = scalars(sum, 1, 'sequenceBalanceLossInto sum');
+    const { loss, dScores } = this.sequenceBalanceLoss(route, batch, seq, alpha);
+    acc[0] += loss;
+    return dScores;
+  }
+
   // ---- losses and optimisation --------------------------------------------------------
 
   crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor } {
@@ -551,6 +605,14 @@ export class CpuBackend implements Backend {
     const dLogits = this.newFloat([M, V]);
     const r = train.crossEntropy(floats(logits), ints(targets), M, V, scale, dLogits.data as FloatArray);
     return { ...r, dLogits };
+  }
+
+  crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor {
+    const acc = scalars(sums, 2, 'crossEntropyInto sums');
+    const { lossSum, count, dLogits } = this.crossEntropy(logits, targets, scale);
+    acc[0] += lossSum;
+    acc[1] += count;
+    return dLogits;
   }
 
   sumSquares(x: Tensor): number {
@@ -566,6 +628,15 @@ export class CpuBackend implements Backend {
     return s;
   }
 
+  gradNormClip(grads: readonly Tensor[], maxNorm: number, out: Tensor, skip: Tensor | null = null): void {
+    const o = scalars(out, 2, 'gradNormClip out');
+    if (!(maxNorm >= 0 && maxNorm < Infinity)) throw new Error(`gradNormClip: maximum norm ${maxNorm} (0: no clipping)`);
+    const norm = Math.sqrt(this.sumSquaresMany(grads));
+    o[0] = norm;
+    o[1] = maxNorm > 0 && norm > maxNorm ? maxNorm / norm : 1;
+    if (skip) intScalar(skip, 'gradNormClip skip')[0] = Number.isFinite(o[0]) ? 0 : 1;
+  }
+
   scaleInPlace(x: Tensor, alpha: number): void {
     const xs = floats(x);
     if (alpha === 0) xs.fill(0); // zeroing clears NaN and Inf too, as the GPU kernels do
@@ -576,15 +647,16 @@ export class CpuBackend implements Backend {
     for (const x of xs) this.scaleInPlace(x, alpha);
   }
 
-  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, weightDecay: number, s: AdamWScalars): void {
     sameShape(param, grad, 'adamw');
-    train.adamw(floats(param), floats(grad), floats(m), floats(v), h);
+    const step = adamwStep(s);
+    if (step) train.adamw(floats(param), floats(grad), floats(m), floats(v), h, weightDecay, step);
   }
 
-  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
-    weightDecays: readonly number[]): void {
+  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWHyper,
+    weightDecays: readonly number[], s: AdamWScalars): void {
     const n = adamwManyCount(params, grads, ms, vs, weightDecays);
-    for (let i = 0; i < n; i++) this.adamw(params[i]!, grads[i]!, ms[i]!, vs[i]!, { ...h, weightDecay: weightDecays[i]! });
+    for (let i = 0; i < n; i++) this.adamw(params[i]!, grads[i]!, ms[i]!, vs[i]!, h, weightDecays[i]!, s);
   }
 
   // ---- graphs -------------------------------------------------------------------------

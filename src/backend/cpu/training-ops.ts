@@ -146,14 +146,19 @@ export function crossEntropy(logits: FloatArray, targets: Int32Array, M: number,
 
 const toBf16 = (x: number) => bf16BitsToFloat32(float32ToBf16Bits(x));
 
+/** What changes between AdamW steps, read from AdamWScalars: lr, c1 = 1 − β1^t, c2 = 1 − β2^t and the gradient scale. */
+export interface AdamWStep {
+  lr: number;
+  c1: number;
+  c2: number;
+  gradScale: number;
+}
+
 /** AdamW in place on arrays of one length, with torch's order: decay, then the Adam update with the gradient g·gradScale. */
-export function adamw(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray, h: AdamWHyper): void {
-  const c1 = 1 - Math.pow(h.beta1, h.step);
-  const c2 = 1 - Math.pow(h.beta2, h.step);
-  const decay = 1 - h.lr * h.weightDecay;
-  const gradScale = h.gradScale ?? 1;
+export function adamw(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray, h: AdamWHyper, weightDecay: number, s: AdamWStep): void {
+  const decay = 1 - s.lr * weightDecay;
   for (let i = 0; i < p.length; i++) {
-    const gi = g[i] * gradScale;
+    const gi = g[i] * s.gradScale;
     let mi = h.beta1 * m[i] + (1 - h.beta1) * gi;
     let vi = h.beta2 * v[i] + (1 - h.beta2) * gi * gi;
     if (h.momentsBf16) {
@@ -162,6 +167,6 @@ export function adamw(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray
     }
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * decay - (h.lr * (mi / c1)) / (Math.sqrt(vi / c2) + h.eps);
+    p[i] = p[i] * decay - (s.lr * (mi / s.c1)) / (Math.sqrt(vi / s.c2) + h.eps);
   }
 }

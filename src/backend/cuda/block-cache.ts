@@ -82,8 +82,12 @@ export class BlockCache {
     if (++this.freesThisEpoch >= EPOCH_FREES) this.advance();
   }
 
-  /** End an epoch: blocks freed before the previous one ended and unused since go back to the pool. */
+  /**
+   * End an epoch: blocks freed before the previous one ended and unused since go back to the pool.
+   * Not while capturing: those frees would be recorded into the graph and repeated at every replay.
+   */
   advance(): void {
+    if (this.ctx.isCapturing) return;
     for (const [bytes, list] of this.blocks) {
       let old = 0;
       while (old < list.epochs.length && list.epochs[old]! < this.epoch) old++;

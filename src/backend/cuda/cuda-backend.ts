@@ -31,7 +31,7 @@
 // tensor already freed (by `free` or by `releaseAllocations`), does nothing, so code that frees
 // its handles stays correct inside an allocation scope.
 
-import { adamwManyCount, type AdamWHyper, type AdamWSharedHyper, type Backend, type CapturedGraph, type GemmSpec, type MatrixRef, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
+import { adamwManyCount, type AdamWHyper, type AdamWScalars, type Backend, type CapturedGraph, type GemmSpec, type MatrixRef, type MoeFixedCapacity, type MoePadding, type MoePermutation, type RouterConfig, type RouterOutput, type TensorKind } from '../backend.js';
 import { numel, shapeString, type ComputeDType, type Tensor } from '../../tensor/tensor.js';
 import { CudaContext } from './context.js';
 import { BlockCache, cachingContext } from './block-cache.js';
@@ -141,6 +141,20 @@ function lastDim(t: Tensor): number {
   return t.shape[t.shape.length - 1] ?? 1;
 }
 
+/** `t` as `n` FP32 numbers that an op reads or writes on the device (AdamW's scalars, accumulated losses). */
+function f32Scalars(t: Tensor, n: number, what: string): CudaTensor {
+  const x = dev(t, what);
+  if (x.dtype !== 'f32' || x.numel !== n) throw new Error(`${what}: expected ${n} FP32 number(s), got ${x.dtype}${shapeString(x.shape)}`);
+  return x;
+}
+
+/** `t` as one i32 on the device (AdamW's skip). */
+function int32Scalar(t: Tensor, what: string): CudaTensor {
+  const x = int32(dev(t, what), what);
+  if (x.numel !== 1) throw new Error(`${what}: expected one i32, got ${shapeString(x.shape)}`);
+  return x;
+}
+
 /** Indices of two tensors whose storage overlaps, or null. */
 function overlapping(ts: readonly CudaTensor[]): [number, number] | null {
   const ranges = ts.map((t, i) => ({ start: t.ptr, end: t.ptr + t.bytes, i })).filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
@@ -194,6 +208,8 @@ export class CudaBackend implements Backend {
   private readonly attentionLse = new WeakMap<CudaTensor, CudaTensor>();
   /** Tensors whose BF16 copy is out of date (bf16Stale), refreshed together at the next use of any. */
   private readonly staleCopies = new Set<CudaTensor>();
+  /** The tensors (roots) that the ops of the capture in progress write: each replay writes them again. */
+  private captureWrites: Set<CudaTensor> | null = null;
   /**
    * moeExpertsDirect's device tables of expert weight addresses, by the first gate weight: built
    * on first use (an upload, so never during graph capture), freed with that weight.
@@ -244,6 +260,7 @@ export class CudaBackend implements Backend {
   /** An op wrote into `t`: a BF16 copy of its storage is out of date. */
   private written(t: CudaTensor): void {
     const root = t.root;
+    this.captureWrites?.add(root);
     if (root.bf16Copy !== 0 && !root.bf16Stale) {
       root.bf16Stale = true;
       this.staleCopies.add(root);
@@ -762,13 +779,35 @@ export class CudaBackend implements Backend {
     return { scores, indices, weights };
   }
 
-  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding): MoePermutation {
+  moePermute(x: Tensor, indices: Tensor, numExperts: number, padding?: MoePadding, fixed?: MoeFixedCapacity): MoePermutation {
     const x0 = dev(x, 'moePermute x'), it = int32(dev(indices, 'moePermute indices'), 'moePermute indices');
     const [N, d] = x0.shape as [number, number];
     const K = lastDim(it);
     if (x0.shape.length !== 2 || it.numel !== N * K) throw new Error(`moePermute: x ${shapeString(x0.shape)}, indices ${shapeString(it.shape)}`);
-    const p = this.withTemps((temps) => ops.moePermute(this.gpu, this.floatDType, this.act(x0, temps).ptr, it.ptr, N, K, d, numExperts, padding));
+    let device: { capacity: number; overflow: number } | undefined;
+    if (fixed) {
+      const o = int32(dev(fixed.overflow, 'moePermute overflow'), 'moePermute overflow');
+      if (o.numel !== 1) throw new Error(`moePermute: overflow ${shapeString(o.shape)} (one i32)`);
+      device = { capacity: fixed.capacity, overflow: o.ptr };
+    }
+    const p = this.withTemps((temps) => ops.moePermute(this.gpu, this.floatDType, this.act(x0, temps).ptr, it.ptr, N, K, d, numExperts, padding, device));
     return { rows: this.adopt([p.nRows, d], this.floatDType, p.rows), sourceSlot: this.adopt([p.nRows], 'i32', p.sourceSlot), counts: p.counts, capacity: p.capacity };
+  }
+
+  expertLoadInto(indices: Tensor, numExperts: number, load: Tensor): void {
+    const it = int32(dev(indices, 'expertLoadInto indices'), 'expertLoadInto indices'), l = dev(load, 'expertLoadInto load');
+    if (l.dtype !== 'f32' || l.numel !== numExperts) throw new Error(`expertLoadInto: load ${l.dtype}${shapeString(l.shape)} for ${numExperts} experts (FP32)`);
+    this.written(l);
+    ops.expertLoadInto(this.gpu, it.ptr, it.numel, l.ptr, numExperts);
+  }
+
+  correctionBiasUpdate(bias: Tensor, load: Tensor, gamma: number): void {
+    const b0 = dev(bias, 'correctionBiasUpdate bias'), l = dev(load, 'correctionBiasUpdate load');
+    if (b0.dtype !== 'f32' || l.dtype !== 'f32' || b0.numel !== l.numel) {
+      throw new Error(`correctionBiasUpdate: bias ${b0.dtype}${shapeString(b0.shape)}, load ${l.dtype}${shapeString(l.shape)} (FP32, one per expert)`);
+    }
+    this.written(b0);
+    ops.correctionBiasUpdate(this.gpu, b0.ptr, l.ptr, b0.numel, gamma);
   }
 
   moeUnpermute(expertOut: Tensor, sourceSlot: Tensor, weights: Tensor): Tensor {
@@ -776,7 +815,7 @@ export class CudaBackend implements Backend {
     const w0 = dev(weights, 'moeUnpermute weights');
     const [N, K] = w0.shape as [number, number];
     const d = lastDim(y0);
-    if (w0.shape.length !== 2 || y0.numel !== s.numel * d || s.numel < N * K) {
+    if (w0.shape.length !== 2 || y0.numel !== s.numel * d) {
       throw new Error(`moeUnpermute: expertOut ${shapeString(y0.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w0.shape)}`);
     }
     const out = this.empty([N, d]);
@@ -1070,7 +1109,7 @@ export class CudaBackend implements Backend {
     const s = int32(dev(sourceSlot, 'moeUnpermuteBackward sourceSlot'), 'moeUnpermuteBackward sourceSlot'), w0 = dev(weights, 'moeUnpermuteBackward weights');
     const [N, K] = w0.shape as [number, number];
     const d = lastDim(y0);
-    if (w0.shape.length !== 2 || y0.numel !== s.numel * d || s.numel < N * K || g0.numel !== N * d) {
+    if (w0.shape.length !== 2 || y0.numel !== s.numel * d || g0.numel !== N * d) {
       throw new Error(`moeUnpermuteBackward: dy ${shapeString(g0.shape)}, expertOut ${shapeString(y0.shape)}, sourceSlot ${shapeString(s.shape)}, weights ${shapeString(w0.shape)}`);
     }
     const dExpertOut = this.empty(y0.shape), dWeights = this.empty([N, K], 'f32');
@@ -1086,7 +1125,7 @@ export class CudaBackend implements Backend {
     const d = lastDim(r0);
     const nk = slots ?? s.numel;
     const K = numTokens > 0 ? nk / numTokens : 0;
-    if (!Number.isInteger(K) || r0.numel !== s.numel * d || nk > s.numel || (numTokens === 0 && nk !== 0)) {
+    if (!Number.isInteger(K) || r0.numel !== s.numel * d || (numTokens === 0 && nk !== 0)) {
       throw new Error(`moePermuteBackward: dRows ${shapeString(r0.shape)}, sourceSlot ${shapeString(s.shape)} for ${numTokens} tokens and ${nk} slots`);
     }
     const out = this.empty([numTokens, d]);
@@ -1111,31 +1150,60 @@ export class CudaBackend implements Backend {
     return out;
   }
 
-  /** dScores is FP32 like the scores. */
+  /** sequenceBalanceLossInto into a temporary, downloaded. */
   sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor } {
+    const sum = this.zeros([1], 'f32');
+    try {
+      const dScores = this.sequenceBalanceLossInto(route, batch, seq, alpha, sum);
+      return { loss: this.download(sum)[0]!, dScores };
+    } finally {
+      this.free(sum);
+    }
+  }
+
+  /** dScores is FP32 like the scores; sum must be FP32. */
+  sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor {
     const sc0 = dev(route.scores, 'sequenceBalanceLoss scores'), idx = int32(dev(route.indices, 'sequenceBalanceLoss indices'), 'sequenceBalanceLoss indices');
     const [N, E] = sc0.shape as [number, number];
     const K = lastDim(idx);
     if (sc0.shape.length !== 2 || N !== batch * seq || idx.numel !== N * K) throw new Error(`sequenceBalanceLoss: ${N} tokens for ${batch}×${seq}`);
+    const acc = f32Scalars(sum, 1, 'sequenceBalanceLossInto sum');
     const dScores = this.empty([N, E], 'f32');
-    const loss = this.withTemps((temps) => ops.sequenceBalanceLoss(this.gpu, this.as(sc0, 'f32', temps).ptr, idx.ptr, dScores.ptr, batch, seq, E, K, alpha));
-    return { loss, dScores };
+    this.written(acc);
+    this.withTemps((temps) => ops.sequenceBalanceLoss(this.gpu, this.as(sc0, 'f32', temps).ptr, idx.ptr, dScores.ptr, batch, seq, E, K, alpha, acc.ptr));
+    return dScores;
   }
 
   // ---- losses and optimisation --------------------------------------------------------
 
+  /** crossEntropyInto into a temporary [3] (its third number: the targets outside the vocabulary, reported here), downloaded. */
   crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor } {
+    const sums = this.zeros([3], 'f32');
+    try {
+      const dLogits = this.crossEntropyInto(logits, targets, scale, sums);
+      const [lossSum, count, invalid] = this.download(sums);
+      if (invalid! > 0) {
+        this.free(dLogits);
+        throw new Error(`crossEntropy: ${invalid} target(s) outside the vocabulary of ${logits.shape[1]}`);
+      }
+      return { lossSum: lossSum!, count: count!, dLogits };
+    } finally {
+      this.free(sums);
+    }
+  }
+
+  /** sums FP32 [2], or [3]: the third then counts the targets ≥ V (which crossEntropy reports). */
+  crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor {
     const l0 = dev(logits, 'crossEntropy logits'), t = int32(dev(targets, 'crossEntropy targets'), 'crossEntropy targets');
     if (l0.shape.length !== 2) throw new Error(`crossEntropy: logits ${shapeString(l0.shape)} are not [M, V]`);
     const [M, V] = l0.shape as [number, number];
     if (t.numel !== M) throw new Error(`crossEntropy: ${t.numel} targets for ${M} rows`);
+    const stats = numel(sums.shape) === 3 ? 3 : 2;
+    const acc = f32Scalars(sums, stats, 'crossEntropyInto sums');
     const dLogits = this.empty([M, V]);
-    const r = this.withTemps((temps) => ops.crossEntropy(this.gpu, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale));
-    if (r.invalid > 0) {
-      this.free(dLogits);
-      throw new Error(`crossEntropy: ${r.invalid} target(s) outside the vocabulary of ${V}`);
-    }
-    return { lossSum: r.lossSum, count: r.count, dLogits };
+    this.written(acc);
+    this.withTemps((temps) => ops.crossEntropy(this.gpu, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale, acc.ptr, stats));
+    return dLogits;
   }
 
   sumSquares(x: Tensor): number {
@@ -1146,6 +1214,13 @@ export class CudaBackend implements Backend {
   /** One multi-tensor reduction and one download for all of `xs` (either dtype each). */
   sumSquaresMany(xs: readonly Tensor[]): number {
     return ops.sumSquaresMany(this.gpu, this.multiTensorEntries(xs, 'sumSquaresMany'));
+  }
+
+  /** The reduction of sumSquaresMany, then one single-block kernel; out FP32 [2], skip i32 [1]. */
+  gradNormClip(grads: readonly Tensor[], maxNorm: number, out: Tensor, skip: Tensor | null = null): void {
+    const o = f32Scalars(out, 2, 'gradNormClip out'), sk = skip ? int32Scalar(skip, 'gradNormClip skip') : null;
+    this.written(o);
+    ops.gradNormClip(this.gpu, this.multiTensorEntries(grads, 'gradNormClip'), maxNorm, o.ptr, sk?.ptr ?? 0);
   }
 
   /** The tensors of a multi-tensor launch; extra marks BF16 storage. */
@@ -1182,29 +1257,39 @@ export class CudaBackend implements Backend {
 
   /**
    * Where an AdamW kernel writes bf16(p) beside FP32 `p`: the address of p's elements in its root's
-   * BF16 copy, which then stays up to date (no cast at its next use). 0, with p marked written as
-   * by any op, where there is no up-to-date copy to keep so (the next use refreshes a stale one
-   * whole) or during graph capture (a replay could write into a copy freed since).
+   * BF16 copy (0: none). An up-to-date copy stays so (no cast at its next use); otherwise p is
+   * marked written as by any op (the next use refreshes a stale copy whole). During graph capture
+   * p is marked written too, and the kernel must write no copy (a replay could write into a copy
+   * freed since; replays mark p written again): adamwMany's table still names the copy, so that it
+   * is the table of the eager call made before the capture.
    */
   private updatedCopy(p: CudaTensor): number {
     const root = p.root;
-    if (root.bf16Copy === 0 || root.bf16Stale || this.gpu.isCapturing) {
-      this.written(p);
-      return 0;
-    }
-    return root.bf16Copy + (p.ptr - root.ptr) / 2; // BF16 elements take half the bytes of FP32 ones
+    if (root.bf16Copy === 0 || root.bf16Stale || this.gpu.isCapturing) this.written(p);
+    return root.bf16Copy === 0 ? 0 : root.bf16Copy + (p.ptr - root.ptr) / 2; // BF16 elements take half the bytes of FP32 ones
+  }
+
+  /** The device addresses of an AdamW step's scalars: hyper [3] and gradScale [1] FP32, skip [1] i32. */
+  private adamwScalars(s: AdamWScalars, what: string): ops.AdamWScalarPtrs {
+    return {
+      hyper: f32Scalars(s.hyper, 3, `${what} hyper`).ptr,
+      gradScale: s.gradScale ? f32Scalars(s.gradScale, 1, `${what} gradScale`).ptr : 0,
+      skip: s.skip ? int32Scalar(s.skip, `${what} skip`).ptr : 0,
+    };
   }
 
   /** param must be FP32 (master weights), m and v FP32 or BF16 (see adamwMoments); a BF16 grad is converted. */
-  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, weightDecay: number, scalars: AdamWScalars): void {
     const p = dev(param, 'adamw param'), g0 = dev(grad, 'adamw grad'), mt = dev(m, 'adamw m'), vt = dev(v, 'adamw v');
     if (!sameShape(p, g0) || !sameShape(p, mt) || !sameShape(p, vt)) {
       throw new Error(`adamw: param ${shapeString(p.shape)}, grad ${shapeString(g0.shape)}, m ${shapeString(mt.shape)}, v ${shapeString(vt.shape)}`);
     }
     if (p.dtype !== 'f32') throw new Error(`adamw: param must be FP32 (master weights), got ${p.dtype}`);
     const moments = this.adamwMoments(mt, vt, h.momentsBf16, 'adamw');
-    const copy = this.updatedCopy(p);
-    this.withTemps((temps) => ops.adamw(this.gpu, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, moments, copy, p.numel, h));
+    if (!Number.isFinite(weightDecay)) throw new Error(`adamw: weight decay ${weightDecay}`);
+    const s = this.adamwScalars(scalars, 'adamw');
+    const copy = this.updatedCopy(p), writeCopy = !this.gpu.isCapturing;
+    this.withTemps((temps) => ops.adamw(this.gpu, p.ptr, this.as(g0, 'f32', temps).ptr, mt.ptr, vt.ptr, moments, writeCopy ? copy : 0, p.numel, h, weightDecay, s));
   }
 
   /**
@@ -1212,9 +1297,10 @@ export class CudaBackend implements Backend {
    * there; a BF16 gradient is read as it is (no conversion). The params and moments must not
    * overlap one another (each is written once) nor any gradient.
    */
-  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWSharedHyper,
-    weightDecays: readonly number[]): void {
+  adamwMany(params: readonly Tensor[], grads: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], h: AdamWHyper,
+    weightDecays: readonly number[], scalars: AdamWScalars): void {
     const n = adamwManyCount(params, grads, ms, vs, weightDecays);
+    const s = this.adamwScalars(scalars, 'adamwMany');
     const tensors: ops.AdamWTensor[] = [];
     const storage: { t: CudaTensor; written: boolean }[] = [];
     const ps: CudaTensor[] = [], moments: CudaTensor[] = [];
@@ -1241,7 +1327,7 @@ export class CudaBackend implements Backend {
     }
     for (const t of moments) this.written(t);
     ps.forEach((p, i) => (tensors[i]!.copy = this.updatedCopy(p)));
-    ops.adamwMany(this.gpu, tensors, h);
+    ops.adamwMany(this.gpu, tensors, h, s, !this.gpu.isCapturing);
   }
 
   // ---- graphs -------------------------------------------------------------------------
@@ -1255,7 +1341,7 @@ export class CudaBackend implements Backend {
    */
   captureGraph(body: () => void): CapturedGraph {
     const mark = this.lastSerial;
-    const graph = this.ctx.capture(() => {
+    const checkedBody = () => {
       body();
       const left: CudaTensor[] = [];
       for (const [serial, t] of this.live) if (serial > mark) left.push(t);
@@ -1267,15 +1353,29 @@ export class CudaBackend implements Backend {
         }
         throw new Error(`captureGraph: the captured work left ${left.length} tensor(s) allocated (${left.slice(0, 4).map((t) => shapeString(t.shape)).join(', ')}); it must free what it allocates`);
       }
-    });
+    };
+    const writes = new Set<CudaTensor>();
+    this.captureWrites = writes;
+    let captured;
+    try {
+      // the multi-tensor tables that the body's launches read stay on the device while the graph lives
+      captured = ops.keepTablesDuring(this.gpu, () => this.ctx.capture(checkedBody));
+    } finally {
+      this.captureWrites = null;
+    }
+    const { result: graph, release } = captured;
     let freed = false;
     return {
       replay: () => {
         if (freed) throw new Error('captureGraph: replay of a freed graph');
         graph.launch();
+        for (const t of writes) this.written(t); // written again: their BF16 copies are stale again
       },
       free: () => {
-        if (!freed) graph.destroy();
+        if (!freed) {
+          graph.destroy();
+          release();
+        }
         freed = true;
       },
     };
@@ -1289,6 +1389,7 @@ export class CudaBackend implements Backend {
     this.gpu.free(this.slotOrder);
     this.slotOrder = 0;
     this.slotOrderLength = 0;
+    ops.releaseTables(this.gpu);
     this.blocks.flush();
     this.ctx.synchronize();
     this.matmul.dispose();

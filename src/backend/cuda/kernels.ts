@@ -47,13 +47,15 @@ export const KERNELS = {
   router_topk_bf16_f32: ROUTER,
   router_topk_bf16_bf16: ROUTER,
   moe_count: { file: 'moe.cu', args: [P, I, P] },
-  moe_scatter: { file: 'moe.cu', args: [P, I, P, I, P] },
+  moe_scatter: { file: 'moe.cu', args: [P, I, P, I, P, P] },
   moe_gather_bf16: { file: 'moe.cu', args: [P, P, P, I, I, I] },
   moe_gather_f32: { file: 'moe.cu', args: [P, P, P, I, I, I] },
   moe_invert: { file: 'moe.cu', args: [P, I, P] },
   moe_combine_bf16_f32w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
   moe_combine_bf16_bf16w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
   moe_combine_f32_f32w: { file: 'moe.cu', args: [P, P, P, P, I, I, I] },
+  moe_expert_load: { file: 'moe.cu', args: [P, I, P] },
+  moe_bias_update: { file: 'moe.cu', args: [P, P, I, 'f64'] },
   attention_fwd_bf16: ATTENTION,
   attention_fwd_f32: ATTENTION,
   cache_write_b16: { file: 'attention.cu', args: [P, P, P, I, I, I, I] },
@@ -101,11 +103,13 @@ export const KERNELS = {
   sum_squares_bf16: { file: 'reduce.cu', args: [P, L, P] },
   sum_squares_f32: { file: 'reduce.cu', args: [P, L, P] },
   sum_f64: { file: 'reduce.cu', args: [P, I, P] },
-  sum_rows_f32_to_f64: { file: 'reduce.cu', args: [P, I, L, P] },
-  // p, g, m, v, BF16 copy of p (0: none), n; lr, β1, β2, 1 − β1, 1 − β2, c1, c2, decay, eps, gradScale; momentsBf16, moment type
-  adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, P, L, F, F, F, F, F, F, F, F, F, F, I, I] },
-  // table (10 words per tensor), tensors, chunks, chunkElems; lr, β1, β2, 1 − β1, 1 − β2, c1, c2, eps, gradScale; momentsBf16
-  adamw_many: { file: 'optimizer.cu', args: [P, I, I, L, F, F, F, F, F, F, F, F, F, I] },
+  // partial sums of squares, their count, maxNorm, out [norm, scale], skip (0: none)
+  grad_norm_clip: { file: 'reduce.cu', args: [P, I, 'f64', P, P] },
+  add_row_sums_f32: { file: 'reduce.cu', args: [P, I, L, P] },
+  // p, g, m, v, BF16 copy of p (0: none), n; hyper [lr, c1, c2], gradScale, skip (device); β1, β2, 1 − β1, 1 − β2, wd, eps; momentsBf16, moment type
+  adamw_f32: { file: 'optimizer.cu', args: [P, P, P, P, P, L, P, P, P, F, F, F, F, F, F, I, I] },
+  // table (10 words per tensor), tensors, chunks, chunkElems; hyper, gradScale, skip (device); β1, β2, 1 − β1, 1 − β2, eps; momentsBf16, writeCopies
+  adamw_many: { file: 'optimizer.cu', args: [P, I, I, L, P, P, P, F, F, F, F, F, I, I] },
   // table, tensors, chunks, chunkElems (see multi-tensor.cu)
   sum_squares_many: { file: 'multi-tensor.cu', args: [P, I, I, L, P] },
   scale_many: { file: 'multi-tensor.cu', args: [P, I, I, L, F] },

@@ -4,7 +4,7 @@
 
 import type { CudaContext } from './context.js';
 import { kernel } from './kernels.js';
-import { moeCapacity, type AdamWHyper, type AdamWSharedHyper, type MoePadding, type RouterConfig } from '../backend.js';
+import { moeCapacity, type AdamWHyper, type MoePadding, type RouterConfig } from '../backend.js';
 
 /** Storage type of a float buffer. */
 export type FloatKind = 'bf16' | 'f32';
@@ -133,8 +133,9 @@ export interface DevicePermutation {
   rows: number;
   /** [rows] i32: sorted row → slot n·K + k, −1 for a padding row (caller frees). */
   sourceSlot: number;
-  counts: number[];
-  /** Rows per expert when padded (see moeCapacity), else null: the rows are packed. */
+  /** Host copy of the rows per expert, or null with a fixed capacity (nothing read back). */
+  counts: number[] | null;
+  /** Rows per expert when padded (see moeCapacity, or the fixed capacity), else null: the rows are packed. */
   capacity: number | null;
   /** N·K packed, E·capacity padded. */
   nRows: number;
@@ -145,24 +146,31 @@ export interface DevicePermutation {
  * x [N, d]: packed (expert after expert), or padded to `capacity` rows per expert when `padding`
  * allows it for these counts (padding rows zero, their sourceSlot −1). The counts come to the host
  * (a synchronisation) before the scatter, so an expert index outside [0, E) is reported instead
- * of gathering from unwritten slots.
+ * of gathering from unwritten slots. With `fixed` nothing comes to the host (graph capture): the
+ * rows are padded to fixed.capacity per expert, and the slots that do not fit (an expert's past
+ * its first capacity, in slot order, and those of an index outside [0, E)) are dropped and their
+ * number added to the i32 at fixed.overflow.
  */
 export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: number, N: number, K: number, d: number, E: number,
-  padding?: MoePadding): DevicePermutation {
+  padding?: MoePadding, fixed?: { capacity: number; overflow: number }): DevicePermutation {
   const nk = N * K;
+  if (fixed && !(Number.isInteger(fixed.capacity) && fixed.capacity > 0)) throw new Error(`moePermute: fixed capacity ${fixed.capacity} (a positive integer)`);
   const counts = ctx.alloc(4 * Math.max(E, 1));
-  const hostCounts = new Int32Array(E);
-  let sourceSlot = 0, capacity: number | null = null, nRows = nk;
+  let hostCounts: number[] | null = null, sourceSlot = 0, capacity = fixed?.capacity ?? null, nRows = nk;
   try {
     if (E > 0) kernel(ctx, 'moe_count').launch(ctx.stream, E, 256, 0, [indices, nk, counts]);
-    ctx.copyToHost(hostCounts, counts, 4 * E);
-    const total = hostCounts.reduce((a, c) => a + c, 0);
-    if (total !== nk) throw new Error(`moePermute: ${nk - total} of ${nk} expert indices are outside [0, ${E})`);
-    capacity = padding ? moeCapacity([...hostCounts], nk, padding) : null;
+    if (!fixed) {
+      const read = new Int32Array(E);
+      ctx.copyToHost(read, counts, 4 * E);
+      const total = read.reduce((a, c) => a + c, 0);
+      if (total !== nk) throw new Error(`moePermute: ${nk - total} of ${nk} expert indices are outside [0, ${E})`);
+      hostCounts = [...read];
+      capacity = padding ? moeCapacity(hostCounts, nk, padding) : null;
+    }
     if (capacity !== null) nRows = E * capacity;
     sourceSlot = ctx.alloc(4 * nRows);
     if (capacity !== null) ctx.memset8(sourceSlot, 0xff, 4 * nRows); // −1: no slot
-    if (E > 0 && nk > 0) kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, capacity ?? 0, sourceSlot]);
+    if (E > 0 && nk > 0) kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, capacity ?? 0, sourceSlot, fixed?.overflow ?? 0]);
   } catch (e) {
     ctx.free(sourceSlot);
     throw e;
@@ -173,17 +181,30 @@ export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: n
   if (nRows > 0 && d > 0) {
     kernel(ctx, t === 'bf16' ? 'moe_gather_bf16' : 'moe_gather_f32').launch(ctx.stream, Math.min(nRows, 2 ** 31 - 1), rowThreads(d, vec(t), 256), 0, [x, sourceSlot, rows, nRows, K, d]);
   }
-  return { rows, sourceSlot, counts: [...hostCounts], capacity, nRows };
+  return { rows, sourceSlot, counts: hostCounts, capacity, nRows };
 }
 
-/** y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K + k] → y [N, d]; expertOut has nRows ≥ N·K rows (padded: some without a slot). */
+/**
+ * rowOfSlot [N·K] i32 (caller frees): the row of each slot in sourceSlot [nRows], −1 for a slot
+ * without one (dropped by a fixed capacity).
+ */
+function invertPermutation(ctx: CudaContext, sourceSlot: number, nRows: number, nk: number): number {
+  const rowOfSlot = ctx.alloc(4 * nk);
+  ctx.memset8(rowOfSlot, 0xff, 4 * nk);
+  if (nRows > 0) kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nRows / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nRows, rowOfSlot]);
+  return rowOfSlot;
+}
+
+/**
+ * y[n] = Σ_k weights[n, k] · expertOut[row of slot n·K + k] → y [N, d]; expertOut [nRows, d] (padded:
+ * some rows without a slot; with a fixed capacity, some slots without a row, which add nothing).
+ */
 export function moeUnpermute(ctx: CudaContext, t: FloatKind, weightType: FloatKind, expertOut: number, sourceSlot: number, weights: number, y: number,
   N: number, K: number, d: number, nRows = N * K): void {
   if (K > 64) throw new Error(`moeUnpermute: ${K} experts per token (at most 64)`);
   const nk = N * K;
   if (nk === 0 || d === 0) return;
-  const rowOfSlot = ctx.alloc(4 * nk);
-  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nRows / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nRows, rowOfSlot]);
+  const rowOfSlot = invertPermutation(ctx, sourceSlot, nRows, nk);
   let name: 'moe_combine_bf16_f32w' | 'moe_combine_bf16_bf16w' | 'moe_combine_f32_f32w';
   if (t === 'f32') {
     if (weightType !== 'f32') throw new Error('moeUnpermute: f32 rows need f32 weights');
@@ -193,6 +214,16 @@ export function moeUnpermute(ctx: CudaContext, t: FloatKind, weightType: FloatKi
   }
   kernel(ctx, name).launch(ctx.stream, Math.min(N, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [expertOut, rowOfSlot, weights, y, N, K, d]);
   ctx.free(rowOfSlot);
+}
+
+/** load [E] FP32 += the number of the nk slots of indices (i32) routed to each expert (moe_expert_load). */
+export function expertLoadInto(ctx: CudaContext, indices: number, nk: number, load: number, E: number): void {
+  if (E > 0) kernel(ctx, 'moe_expert_load').launch(ctx.stream, E, 256, 0, [indices, nk, load]);
+}
+
+/** bias [E] FP32 += gamma · sign(mean(load) − load) for load [E] FP32, in place (moe_bias_update). */
+export function correctionBiasUpdate(ctx: CudaContext, bias: number, load: number, E: number, gamma: number): void {
+  if (E > 0) kernel(ctx, 'moe_bias_update').launch(ctx.stream, 1, 256, 0, [bias, load, E, gamma]);
 }
 
 export interface AttentionShape {
@@ -396,10 +427,12 @@ export function attentionBackward(ctx: CudaContext, t: FloatKind, q: number, k: 
 
 /**
  * Backward of moeUnpermute: dy [N, d], expertOut [nRows, d] (type t), sourceSlot [nRows], weights
- * [N, K] FP32 → dExpertOut [nRows, d] (type t; zero in padding rows), dWeights [N, K] FP32.
+ * [N, K] FP32 → dExpertOut [nRows, d] (type t; zero in padding rows), dWeights [N, K] FP32 (zero
+ * for a slot without a row: dropped by a fixed capacity).
  */
 export function moeUnpermuteBackward(ctx: CudaContext, t: FloatKind, dy: number, expertOut: number, sourceSlot: number, weights: number, dExpertOut: number,
   dWeights: number, N: number, K: number, d: number, nRows = N * K): void {
+  ctx.memset8(dWeights, 0, 4 * N * K);
   if (nRows === 0) return;
   kernel(ctx, t === 'bf16' ? 'moe_unpermute_bwd_bf16' : 'moe_unpermute_bwd_f32')
     .launch(ctx.stream, Math.min(nRows, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dy, expertOut, sourceSlot, weights, dExpertOut, dWeights, nRows, K, d]);
@@ -414,8 +447,7 @@ export function moePermuteBackward(ctx: CudaContext, t: FloatKind, dRows: number
     ctx.memset8(dx, 0, FLOAT_BYTES[t] * N * d);
     return;
   }
-  const rowOfSlot = ctx.alloc(4 * nk);
-  kernel(ctx, 'moe_invert').launch(ctx.stream, Math.min(Math.ceil(nRows / 256), ctx.smCount * 32), 256, 0, [sourceSlot, nRows, rowOfSlot]);
+  const rowOfSlot = invertPermutation(ctx, sourceSlot, nRows, nk);
   kernel(ctx, t === 'bf16' ? 'moe_permute_bwd_bf16' : 'moe_permute_bwd_f32').launch(ctx.stream, Math.min(N, 2 ** 31 - 1), rowThreads(d, 1, 256), 0, [dRows, rowOfSlot, dx, N, K, d]);
   ctx.free(rowOfSlot);
 }
@@ -436,28 +468,20 @@ export function routerBackward(ctx: CudaContext, t: FloatKind, scores: number, i
   ]);
 }
 
-/** Σ_{c<cols} x[r·cols + c] for r < rows (FP32 in, FP64 sums), downloaded. */
-export function sumRows(ctx: CudaContext, x: number, rows: number, cols: number): Float64Array {
-  const out = new Float64Array(rows);
-  if (rows === 0) return out;
-  const sums = ctx.alloc(8 * rows);
-  try {
-    kernel(ctx, 'sum_rows_f32_to_f64').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), 1024, 0, [x, rows, cols, sums]);
-    ctx.copyToHost(out, sums);
-  } finally {
-    ctx.free(sums);
-  }
-  return out;
+/** out[r] += Σ_{c<cols} x[r·cols + c] for r < rows, on the device (FP32 in and out, summed in FP64 in a fixed order). */
+function addRowSums(ctx: CudaContext, x: number, rows: number, cols: number, out: number): void {
+  if (rows === 0 || cols === 0) return;
+  kernel(ctx, 'add_row_sums_f32').launch(ctx.stream, Math.min(rows, 2 ** 31 - 1), 1024, 0, [x, rows, cols, out]);
 }
 
 /**
  * Sequence-wise balance loss (router-backward.cu) of `batch` sequences of `seq` tokens: scores
- * [N, E] FP32, indices [N, K] → dScores [N, E] FP32 (written) and the loss (downloaded).
+ * [N, E] FP32, indices [N, K] → dScores [N, E] FP32 (written), and sum[0] += the loss (FP32, on the device).
  */
 export function sequenceBalanceLoss(ctx: CudaContext, scores: number, indices: number, dScores: number, batch: number, seq: number, E: number, K: number,
-  alpha: number): number {
+  alpha: number, sum: number): void {
   if (E > 8192) throw new Error(`sequenceBalanceLoss: ${E} experts (at most 8192)`);
-  if (batch === 0 || seq === 0) return 0;
+  if (batch === 0 || seq === 0) return;
   const tokensPerBlock = 64;
   const blocksPerSeq = Math.ceil(seq / tokensPerBlock);
   const counts = ctx.alloc(4 * batch * E), lossPart = ctx.alloc(4 * batch * blocksPerSeq);
@@ -467,7 +491,7 @@ export function sequenceBalanceLoss(ctx: CudaContext, scores: number, indices: n
     kernel(ctx, 'balance_counts').launch(ctx.stream, [countBlocks, batch], 256, 4 * E, [indices, counts, seq, E, K]);
     kernel(ctx, 'sequence_balance_loss').launch(ctx.stream, [blocksPerSeq, batch], 256, 4 * E,
       [scores, counts, dScores, lossPart, batch, seq, E, K, tokensPerBlock, alpha]);
-    return sumRows(ctx, lossPart, batch, blocksPerSeq).reduce((a, b) => a + b, 0);
+    addRowSums(ctx, lossPart, 1, batch * blocksPerSeq, sum);
   } finally {
     ctx.free(counts);
     ctx.free(lossPart);
@@ -476,18 +500,17 @@ export function sequenceBalanceLoss(ctx: CudaContext, scores: number, indices: n
 
 /**
  * Fused cross-entropy (loss.cu): logits [M, V] of type t, targets [M] i32 (< 0: none) → dLogits
- * [M, V] of type t, and the summed loss, the number of rows with a target and the number of
- * targets ≥ V (downloaded).
+ * [M, V] of type t, and on the device sums[0] += the summed loss (NaN when a target is ≥ V),
+ * sums[1] += the rows with a target and, when `stats` is 3, sums[2] += the targets ≥ V (sums FP32).
  */
-export function crossEntropy(ctx: CudaContext, t: FloatKind, logits: number, targets: number, dLogits: number, M: number, V: number,
-  scale: number): { lossSum: number; count: number; invalid: number } {
-  if (M === 0) return { lossSum: 0, count: 0, invalid: 0 };
+export function crossEntropy(ctx: CudaContext, t: FloatKind, logits: number, targets: number, dLogits: number, M: number, V: number, scale: number,
+  sums: number, stats: 2 | 3): void {
+  if (M === 0) return;
   const rowStats = ctx.alloc(4 * 3 * M);
   try {
     kernel(ctx, t === 'bf16' ? 'cross_entropy_bf16' : 'cross_entropy_f32')
       .launch(ctx.stream, Math.min(M, 2 ** 31 - 1), rowThreads(V, 4, 1024), 0, [logits, targets, dLogits, rowStats, M, V, scale]);
-    const [lossSum, count, invalid] = sumRows(ctx, rowStats, 3, M);
-    return { lossSum: lossSum!, count: count!, invalid: invalid! };
+    addRowSums(ctx, rowStats, stats, M, sums);
   } finally {
     ctx.free(rowStats);
   }
@@ -526,10 +549,111 @@ export interface MultiTensorEntry {
 /** Elements per chunk: one block's share of a tensor (a tensor's last chunk may be shorter). */
 export const MULTI_TENSOR_CHUNK = 1 << 16;
 
+/** Multi-tensor tables kept on the device that no live graph uses: past this many, the least recently used go. */
+const TABLES_KEPT = 16;
+
+interface DeviceTable {
+  ptr: number;
+  /** Live graphs that read it (it stays while any does). */
+  graphs: number;
+}
+
+/**
+ * A context's multi-tensor tables on the device, by content: the same tensors every step (the
+ * gradients, the optimizer's lists) upload their table once, and a graph capture, which cannot
+ * upload, finds the table that the eager run before it made.
+ */
+class TableCache {
+  /** By the table's bytes, least recently used first. */
+  private readonly tables = new Map<string, DeviceTable>();
+  /** The tables the capture in progress used (keepTablesDuring), or null. */
+  private captured: Set<DeviceTable> | null = null;
+
+  constructor(private readonly ctx: CudaContext) {}
+
+  /** The device address of a table holding the first `bytes` bytes of `words`, uploaded now unless an earlier call did. */
+  address(words: Uint32Array, bytes: number): number {
+    const key = Buffer.from(words.buffer, words.byteOffset, bytes).toString('latin1');
+    let t = this.tables.get(key);
+    if (t) {
+      this.tables.delete(key);
+    } else {
+      if (this.ctx.isCapturing) {
+        throw new Error('multi-tensor launch: its table of tensors is uploaded on first use, which graph capture cannot record: run the captured work once before');
+      }
+      t = { ptr: this.ctx.alloc(bytes), graphs: 0 };
+      this.ctx.copyToDevice(t.ptr, words, bytes);
+    }
+    this.tables.set(key, t);
+    if (!this.ctx.isCapturing) this.trim();
+    else if (this.captured) this.captured.add(t);
+    else t.graphs++; // a capture outside keepTablesDuring: kept for good
+    return t.ptr;
+  }
+
+  /** See keepTablesDuring. */
+  keepDuring<R>(capture: () => R): { result: R; release: () => void } {
+    const used = new Set<DeviceTable>();
+    this.captured = used;
+    let result: R;
+    try {
+      result = capture();
+    } finally {
+      this.captured = null;
+    }
+    for (const t of used) t.graphs++;
+    const release = () => {
+      for (const t of used) t.graphs--;
+      used.clear();
+      this.trim();
+    };
+    return { result, release };
+  }
+
+  /** Free the least recently used tables no graph reads, beyond TABLES_KEPT of them (stream-ordered: launches already enqueued still read them). */
+  private trim(): void {
+    let spare = [...this.tables.values()].filter((t) => t.graphs === 0).length - TABLES_KEPT;
+    for (const [key, t] of this.tables) {
+      if (spare <= 0) break;
+      if (t.graphs > 0) continue;
+      this.ctx.free(t.ptr);
+      this.tables.delete(key);
+      spare--;
+    }
+  }
+
+  dispose(): void {
+    for (const t of this.tables.values()) this.ctx.free(t.ptr);
+    this.tables.clear();
+  }
+}
+
+const tableCaches = new WeakMap<CudaContext, TableCache>();
+
+function tablesOf(ctx: CudaContext): TableCache {
+  let c = tableCaches.get(ctx);
+  if (!c) tableCaches.set(ctx, (c = new TableCache(ctx)));
+  return c;
+}
+
+/**
+ * Run `capture` (a graph capture on ctx's stream) keeping the multi-tensor tables it used on the
+ * device until `release` (when the graph is destroyed), as its replays read them.
+ */
+export function keepTablesDuring<R>(ctx: CudaContext, capture: () => R): { result: R; release: () => void } {
+  return tablesOf(ctx).keepDuring(capture);
+}
+
+/** Free ctx's multi-tensor tables (before the context goes). */
+export function releaseTables(ctx: CudaContext): void {
+  tableCaches.get(ctx)?.dispose();
+  tableCaches.delete(ctx);
+}
+
 /**
  * The device table of `entries` (`words` i64 per tensor: address, count, first chunk, extra, then
- * the entry's `more`; see multi-tensor.cuh) for chunks of `chunkElems` elements, uploaded into a
- * pool allocation the caller frees after its launch; tensors without elements are left out.
+ * the entry's `more`; see multi-tensor.cuh) for chunks of `chunkElems` elements, from ctx's
+ * TableCache (kept there: the caller does not free it); tensors without elements are left out.
  */
 function multiTensorTable(ctx: CudaContext, entries: readonly MultiTensorEntry[], chunkElems = MULTI_TENSOR_CHUNK, words = 4):
   { table: number; tensors: number; chunks: number } {
@@ -554,32 +678,52 @@ function multiTensorTable(ctx: CudaContext, entries: readonly MultiTensorEntry[]
   }
   if (chunks > 2 ** 31 - 1) throw new Error(`multi-tensor table: ${chunks} chunks (at most 2^31 − 1)`);
   if (tensors === 0) return { table: 0, tensors, chunks };
-  const table = ctx.alloc(8 * words * tensors);
-  ctx.copyToDevice(table, u32, 8 * words * tensors);
-  return { table, tensors, chunks };
+  return { table: tablesOf(ctx).address(u32, 8 * words * tensors), tensors, chunks };
 }
 
 function multiTensorGrid(ctx: CudaContext, chunks: number): number {
   return Math.max(1, Math.min(chunks, ctx.smCount * 8));
 }
 
+/**
+ * The partial sums of squares of `entries` (extra: 1 BF16, 0 FP32), one FP64 per chunk, into a
+ * fresh allocation the caller frees (0 when there are no chunks).
+ */
+function sumSquaresPartials(ctx: CudaContext, entries: readonly MultiTensorEntry[]): { partial: number; chunks: number } {
+  const { table, tensors, chunks } = multiTensorTable(ctx, entries);
+  const partial = ctx.alloc(8 * chunks);
+  if (chunks > 0) kernel(ctx, 'sum_squares_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK, partial]);
+  return { partial, chunks };
+}
+
 /** Σ over the tensors of Σ x² (entries' extra: 1 BF16, 0 FP32), FP64 in a fixed order, downloaded. */
 export function sumSquaresMany(ctx: CudaContext, entries: readonly MultiTensorEntry[]): number {
-  const { table, tensors, chunks } = multiTensorTable(ctx, entries);
+  const { partial, chunks } = sumSquaresPartials(ctx, entries);
   if (chunks === 0) return 0;
-  let partial = 0, total = 0;
+  const total = ctx.alloc(8);
   try {
-    partial = ctx.alloc(8 * chunks);
-    total = ctx.alloc(8);
-    kernel(ctx, 'sum_squares_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK, partial]);
     kernel(ctx, 'sum_f64').launch(ctx.stream, 1, 1024, 0, [partial, chunks, total]);
     const out = new Float64Array(1);
     ctx.copyToHost(out, total);
     return out[0]!;
   } finally {
-    ctx.free(table);
     ctx.free(partial);
     ctx.free(total);
+  }
+}
+
+/**
+ * The global norm of `entries` (as sumSquaresMany) and its clipping coefficient, on the device
+ * (grad_norm_clip in reduce.cu): out [2] FP32 = [norm, maxNorm / norm if maxNorm > 0 and
+ * norm > maxNorm else 1]; skip [1] i32 (unless 0) = 1 when out[0] is NaN or infinite, else 0.
+ */
+export function gradNormClip(ctx: CudaContext, entries: readonly MultiTensorEntry[], maxNorm: number, out: number, skip: number): void {
+  if (!(maxNorm >= 0 && maxNorm < Infinity)) throw new Error(`gradNormClip: maximum norm ${maxNorm} (0: no clipping)`);
+  const { partial, chunks } = sumSquaresPartials(ctx, entries);
+  try {
+    kernel(ctx, 'grad_norm_clip').launch(ctx.stream, 1, 1024, 0, [partial, chunks, maxNorm, out, skip]);
+  } finally {
+    ctx.free(partial);
   }
 }
 
@@ -590,55 +734,47 @@ export function sumSquaresMany(ctx: CudaContext, entries: readonly MultiTensorEn
 export function scaleMany(ctx: CudaContext, entries: readonly MultiTensorEntry[], alpha: number): void {
   const { table, tensors, chunks } = multiTensorTable(ctx, entries);
   if (chunks === 0) return;
-  try {
-    kernel(ctx, 'scale_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK, alpha]);
-  } finally {
-    ctx.free(table);
-  }
+  kernel(ctx, 'scale_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK, alpha]);
 }
 
 /** y += x for every entry: FP32 y at ptr, FP32 x at extra, n elements each; the ys must not overlap. */
 export function addMany(ctx: CudaContext, entries: readonly MultiTensorEntry[]): void {
   const { table, tensors, chunks } = multiTensorTable(ctx, entries);
   if (chunks === 0) return;
-  try {
-    kernel(ctx, 'add_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK]);
-  } finally {
-    ctx.free(table);
-  }
+  kernel(ctx, 'add_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK]);
 }
 
 /** y = bf16(x) for every entry: FP32 x at ptr, BF16 y at extra, n elements each. */
 export function castF32ToBf16Many(ctx: CudaContext, entries: readonly MultiTensorEntry[]): void {
   const { table, tensors, chunks } = multiTensorTable(ctx, entries);
   if (chunks === 0) return;
-  try {
-    kernel(ctx, 'cast_f32_to_bf16_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK]);
-  } finally {
-    ctx.free(table);
-  }
+  kernel(ctx, 'cast_f32_to_bf16_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [table, tensors, chunks, MULTI_TENSOR_CHUNK]);
 }
 
-/** The scalar factors of an AdamW step, computed in FP64 (the kernels get them as floats). */
-function adamwFactors(h: AdamWSharedHyper): { c1: number; c2: number; oneMinusBeta1: number; oneMinusBeta2: number } {
-  return { c1: 1 - Math.pow(h.beta1, h.step), c2: 1 - Math.pow(h.beta2, h.step), oneMinusBeta1: 1 - h.beta1, oneMinusBeta2: 1 - h.beta2 };
+/**
+ * Device addresses of what changes between AdamW steps (optimizer.cu): hyper [3] FP32 = lr,
+ * 1 − β1^t, 1 − β2^t; gradScale [1] FP32, or 0 for 1; skip [1] i32, or 0 for none.
+ */
+export interface AdamWScalarPtrs {
+  hyper: number;
+  gradScale: number;
+  skip: number;
 }
 
-/** The decoupled weight-decay factor 1 − lr·wd (FP64, passed as a float). */
-function adamwDecay(lr: number, weightDecay: number): number {
-  return 1 - lr * weightDecay;
+/** The arguments of both AdamW kernels after the tensors': the step's scalars, then β1, β2, 1 − β1, 1 − β2 (FP64, passed as floats). */
+function adamwScalarArgs(h: AdamWHyper, s: AdamWScalarPtrs): number[] {
+  return [s.hyper, s.gradScale, s.skip, h.beta1, h.beta2, 1 - h.beta1, 1 - h.beta2];
 }
 
 /**
  * AdamW in place on n elements (optimizer.cu): FP32 param p and gradient g, moments m and v of type
  * `moments`, and p's BF16 copy written beside p unless `copy` is 0.
  */
-export function adamw(ctx: CudaContext, p: number, g: number, m: number, v: number, moments: FloatKind, copy: number, n: number, h: AdamWHyper): void {
+export function adamw(ctx: CudaContext, p: number, g: number, m: number, v: number, moments: FloatKind, copy: number, n: number, h: AdamWHyper,
+  weightDecay: number, s: AdamWScalarPtrs): void {
   if (n === 0) return;
-  const f = adamwFactors(h);
   kernel(ctx, 'adamw_f32').launch(ctx.stream, gridFor(ctx, n, 4), BLOCK, 0, [
-    p, g, m, v, copy, n, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, adamwDecay(h.lr, h.weightDecay), h.eps, h.gradScale ?? 1,
-    h.momentsBf16 ? 1 : 0, moments === 'bf16' ? 1 : 0,
+    p, g, m, v, copy, n, ...adamwScalarArgs(h, s), weightDecay, h.eps, h.momentsBf16 ? 1 : 0, moments === 'bf16' ? 1 : 0,
   ]);
 }
 
@@ -671,21 +807,17 @@ function float32Bits(x: number): number {
 
 /**
  * AdamW in place on every tensor in one launch (adamw_many in optimizer.cu): the same bits as
- * `adamw` on each in turn with its weight decay. The params and moments must not overlap.
+ * `adamw` on each in turn with its weight decay. The params and moments must not overlap. The
+ * tensors' BF16 copies are written only with `writeCopies`.
  */
-export function adamwMany(ctx: CudaContext, tensors: readonly AdamWTensor[], h: AdamWSharedHyper): void {
+export function adamwMany(ctx: CudaContext, tensors: readonly AdamWTensor[], h: AdamWHyper, s: AdamWScalarPtrs, writeCopies: boolean): void {
   const entries = tensors.map((t): MultiTensorEntry => ({
     ptr: t.p, n: t.n, extra: t.g,
-    more: [t.m, t.v, float32Bits(adamwDecay(h.lr, t.weightDecay)), t.gradType === 'bf16' ? 1 : 0, t.momentType === 'bf16' ? 1 : 0, t.copy],
+    more: [t.m, t.v, float32Bits(t.weightDecay), t.gradType === 'bf16' ? 1 : 0, t.momentType === 'bf16' ? 1 : 0, t.copy],
   }));
   const { table, tensors: count, chunks } = multiTensorTable(ctx, entries, ADAMW_CHUNK, 10);
   if (chunks === 0) return;
-  const f = adamwFactors(h);
-  try {
-    kernel(ctx, 'adamw_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [
-      table, count, chunks, ADAMW_CHUNK, h.lr, h.beta1, h.beta2, f.oneMinusBeta1, f.oneMinusBeta2, f.c1, f.c2, h.eps, h.gradScale ?? 1, h.momentsBf16 ? 1 : 0,
-    ]);
-  } finally {
-    ctx.free(table);
-  }
+  kernel(ctx, 'adamw_many').launch(ctx.stream, multiTensorGrid(ctx, chunks), BLOCK, 0, [
+    table, count, chunks, ADAMW_CHUNK, ...adamwScalarArgs(h, s), h.eps, h.momentsBf16 ? 1 : 0, writeCopies ? 1 : 0,
+  ]);
 }

@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import type { AdamWHyper, AdamWSharedHyper, Backend, RouterConfig, RouterOutput } from '../../../src/backend/backend.js';
+import { adamwHyperValues, type AdamWHyper, type AdamWScalars, type Backend, type RouterConfig, type RouterOutput } from '../../../src/backend/backend.js';
 import { CpuBackend } from '../../../src/backend/cpu/cpu-backend.js';
 import type { CudaBackend, CudaTensor } from '../../../src/backend/cuda/cuda-backend.js';
 import { writeSafetensors } from '../../../src/io/safetensors.js';
@@ -81,6 +81,15 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     assert.equal(x.length, y.length, `${what}: length`);
     const at = x.findIndex((e, i) => e !== y[i]);
     assert.equal(at, -1, `${mode} ${what}: element ${at} is 0x${x[at]?.toString(16)}, want 0x${y[at]?.toString(16)} (seed ${rng.seed})`);
+  };
+  /** AdamW's device scalars on `be` for learning rate lr at step t: hyper [3] and, unless null, gradScale [1], FP32 on the GPU. */
+  const adamwScalars = (be: Backend, h: AdamWHyper, lr: number, t: number, gradScale: number | null = null): AdamWScalars => {
+    const number = (values: Float64Array) => {
+      const x = be.zeros([values.length], 'f32');
+      be.copyFromHost(x, values);
+      return x;
+    };
+    return { hyper: number(adamwHyperValues(lr, h, t)), gradScale: gradScale === null ? null : number(Float64Array.of(gradScale)), skip: null };
   };
 
   test(name('memory: storage dtypes, views, copyFromHost, free, allocation scopes'), opts, () => {
@@ -163,9 +172,9 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       b.copyFromHost(t.g, sq);
       cpu.copyFromHost(t.c, sq);
     }
-    const h: AdamWHyper = { lr: 0.05, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1, momentsBf16: false };
-    b.adamw(w.g, g.g, m.g, v.g, h);
-    cpu.adamw(w.c, g.c, m.c, v.c, h);
+    const h: AdamWHyper = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16: false };
+    b.adamw(w.g, g.g, m.g, v.g, h, 0.1, adamwScalars(b, h, 0.05, 1));
+    cpu.adamw(w.c, g.c, m.c, v.c, h, 0.1, adamwScalars(cpu, h, 0.05, 1));
     compare('linear after adamw', b.linear(x.g, w.g), cpu.linear(x.c, w.c));
     b.scaleInPlace(w.g, 0.5);
     cpu.scaleInPlace(w.c, 0.5);
@@ -405,7 +414,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     // padded: blocks of the largest count rounded up to 8 rows, slot −1 and zero rows after each expert's rows
     const pad = { blockRows: 8, maxRatio: Infinity };
     const pp = b.moePermute(x.g, b.uploadInt(ic, [N, K]), E, pad), ppc = cpu.moePermute(x.c, rc.indices, E, pad);
-    const C = Math.ceil(Math.max(...pc.counts) / 8) * 8;
+    const C = Math.ceil(Math.max(...pc.counts!) / 8) * 8;
     assert.equal(pp.capacity, C);
     assert.equal(ppc.capacity, C);
     assert.deepEqual(pp.counts, pc.counts);
@@ -417,6 +426,187 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const paddedOut = param([E * C, d]); // padding rows hold values: unpermute must skip them
     compare('moeUnpermute, padded rows', b.moeUnpermute(paddedOut.g, pp.sourceSlot, wg), cpu.moeUnpermute(paddedOut.c, ppc.sourceSlot, rc.weights));
     assert.equal(b.moePermute(x.g, b.uploadInt(ic, [N, K]), E, { blockRows: 8, maxRatio: 0.5 }).capacity, null, 'too much padding: packed');
+  });
+
+  /** The sourceSlot of a fixed-capacity permutation of idx [N·K] over E experts: each expert keeps its first `capacity` slots. */
+  const fixedSourceSlot = (idx: Int32Array, E: number, capacity: number): Int32Array => {
+    const slots = new Int32Array(E * capacity).fill(-1), kept = new Array<number>(E).fill(0);
+    idx.forEach((e, slot) => {
+      if (kept[e]! < capacity) slots[e * capacity + kept[e]!++] = slot;
+    });
+    return slots;
+  };
+  /** Routing [N, K] where every token's first choice is expert E − 1, its others distinct among the rest. */
+  const hotRouting = (N: number, K: number, E: number): Int32Array => {
+    const rest = randomExpertChoices(rng, N, K - 1, E - 1), idx = new Int32Array(N * K);
+    for (let n = 0; n < N; n++) {
+      idx[n * K] = E - 1;
+      idx.set(rest.subarray(n * (K - 1), (n + 1) * (K - 1)), n * K + 1);
+    }
+    return idx;
+  };
+  const expertCounts = (idx: Int32Array, E: number) => {
+    const counts = new Array<number>(E).fill(0);
+    for (const e of idx) counts[e]++;
+    return counts;
+  };
+
+  test(name('moePermute with a fixed capacity: the padded permutation without a host read, the slots past it dropped'), opts, () => {
+    const b = cuda();
+    const N = 40, K = 3, E = 8, d = 24;
+    const x = act([N, d]), dy = act([N, d]);
+    const wd = Float32Array.from({ length: N * K }, () => rng.uniform());
+    const w = { c: cpu.upload(wd, [N, K]), g: b.upload(wd, [N, K]) };
+    const overflow = ints(Int32Array.of(7), [1]);
+    let dropped = 7;
+
+    // every count fits: what the host-read padding of that capacity gives
+    const spread = randomExpertChoices(rng, N, K, E);
+    const C = Math.max(...expertCounts(spread, E)) + 3;
+    const si = ints(spread, [N, K]);
+    const fg = b.moePermute(x.g, si.g, E, undefined, { capacity: C, overflow: overflow.g });
+    const pg = b.moePermute(x.g, si.g, E, { blockRows: C, maxRatio: Infinity });
+    assert.equal(fg.counts, null);
+    assert.equal(fg.capacity, C);
+    assert.equal(pg.capacity, C);
+    assert.deepEqual(b.downloadInt(fg.sourceSlot), b.downloadInt(pg.sourceSlot));
+    sameBits('fixed-capacity rows = host-capacity padded rows', fg.rows, pg.rows);
+    const out = param([E * C, d]);
+    sameBits('moeUnpermute of the fixed-capacity permutation', b.moeUnpermute(out.g, fg.sourceSlot, w.g), b.moeUnpermute(out.g, pg.sourceSlot, w.g));
+    assert.deepEqual(b.downloadInt(overflow.g), Int32Array.of(dropped), 'nothing dropped');
+
+    // expert E − 1 over a capacity that fits every other expert, then every expert over capacity 2 (fewer rows than slots)
+    const hot = hotRouting(N, K, E);
+    const others = Math.max(...expertCounts(hot, E).slice(0, E - 1));
+    assert.ok(others < N, `seed ${rng.seed}`);
+    for (const [idx, capacity] of [[spread, C], [hot, others], [hot, 2]] as const) {
+      const what = `capacity ${capacity}${idx === hot ? ', expert E − 1 on every token' : ''}`;
+      const it = ints(idx, [N, K]);
+      const perm = { g: b.moePermute(x.g, it.g, E, undefined, { capacity, overflow: overflow.g }), c: cpu.moePermute(x.c, it.c, E, undefined, { capacity, overflow: overflow.c }) };
+      const want = fixedSourceSlot(idx, E, capacity);
+      assert.deepEqual(b.downloadInt(perm.g.sourceSlot), want, what);
+      assert.deepEqual(cpu.downloadInt(perm.c.sourceSlot), want, what);
+      assert.equal(perm.c.counts, null);
+      const kept = new Set(want.filter((slot) => slot >= 0));
+      const lost = Array.from({ length: N * K }, (_, slot) => slot).filter((slot) => !kept.has(slot));
+      if (capacity === others) assert.deepEqual(lost, Array.from({ length: N - others }, (_, i) => (others + i) * K), `${what}: the hot expert's latest tokens dropped`);
+      dropped += lost.length;
+      assert.deepEqual(b.downloadInt(overflow.g), Int32Array.of(dropped), `${what}: overflow`);
+      assert.deepEqual(cpu.downloadInt(overflow.c), Int32Array.of(dropped), `${what}: overflow`);
+      compare(`moePermute rows, ${what}`, perm.g.rows, perm.c.rows, 0);
+      // the downstream ops on the kept slots; a dropped slot contributes nothing and gets no gradient
+      const expertOut = param([E * capacity, d]), dRows = param([E * capacity, d]);
+      compare(`moeUnpermute, ${what}`, b.moeUnpermute(expertOut.g, perm.g.sourceSlot, w.g), cpu.moeUnpermute(expertOut.c, perm.c.sourceSlot, w.c));
+      const ug = b.moeUnpermuteBackward(dy.g, expertOut.g, perm.g.sourceSlot, w.g), uc = cpu.moeUnpermuteBackward(dy.c, expertOut.c, perm.c.sourceSlot, w.c);
+      compare(`moeUnpermuteBackward dExpertOut, ${what}`, ug.dExpertOut, uc.dExpertOut);
+      compare(`moeUnpermuteBackward dWeights, ${what}`, ug.dWeights, uc.dWeights);
+      const dWeights = b.download(ug.dWeights);
+      assert.deepEqual(lost.map((slot) => dWeights[slot]), lost.map(() => 0), `${what}: dropped slots' gating gradients`);
+      compare(`moePermuteBackward, ${what}`, b.moePermuteBackward(dRows.g, perm.g.sourceSlot, N, N * K), cpu.moePermuteBackward(dRows.c, perm.c.sourceSlot, N, N * K));
+    }
+    // an expert index outside [0, E), which the device path cannot report, is counted as dropped
+    const bad = Int32Array.from(spread);
+    bad[5] = E;
+    b.moePermute(x.g, b.uploadInt(bad, [N, K]), E, undefined, { capacity: C, overflow: overflow.g });
+    assert.deepEqual(b.downloadInt(overflow.g), Int32Array.of(dropped + 1), 'an index outside [0, E)');
+    assert.throws(() => b.moePermute(x.g, si.g, E, undefined, { capacity: 0, overflow: overflow.g }), /capacity 0/);
+  });
+
+  /** The host arithmetic of the bias update (SPEC §3; updateCorrectionBias before it moved to the device): FP64 mean, sums rounded to FP32. */
+  const biasUpdateReference = (bias: Float32Array, load: Float32Array, gamma: number): Float32Array => {
+    const mean = load.reduce((a, c) => a + c, 0) / load.length;
+    return bias.map((v, i) => v + gamma * Math.sign(mean - load[i]!));
+  };
+
+  test(name('expertLoadInto against counting on the host, correctionBiasUpdate against the host arithmetic'), opts, () => {
+    const b = cuda();
+    const N = 50, K = 4, E = 12;
+    const start = Float32Array.from({ length: E }, () => rng.int(1, 1000));
+    const load = { c: cpu.upload(start, [E]), g: b.upload(start, [E]) };
+    const want = Float64Array.from(start);
+    for (let round = 0; round < 2; round++) {
+      const idx = randomExpertChoices(rng, N, K, E);
+      const it = ints(idx, [N, K]);
+      b.expertLoadInto(it.g, E, load.g);
+      cpu.expertLoadInto(it.c, E, load.c);
+      expertCounts(idx, E).forEach((c, e) => (want[e]! += c));
+      assert.deepEqual(b.download(load.g), Float32Array.from(want), `expertLoadInto, round ${round}`);
+      assert.deepEqual(cpu.download(load.c), Float32Array.from(want), `CPU expertLoadInto, round ${round}`);
+    }
+    // loads in pairs around an integer mean, one pair on it: sign(0) = 0 there
+    const mean = rng.int(20, 40);
+    const tied = new Float32Array(E);
+    for (let i = 0; i < E; i += 2) {
+      const delta = i === 0 ? 0 : rng.int(0, 15);
+      tied[i] = mean + delta;
+      tied[i + 1] = mean - delta;
+    }
+    const bias0 = randomNormal(rng, E, 0.01);
+    const bias = { c: cpu.upload(bias0, [E]), g: b.upload(bias0, [E]) };
+    let wantBias = bias0;
+    for (const [loads, gamma] of [[tied, 1e-3], [Float32Array.from(want), 1e-3], [tied, 0.37]] as const) {
+      const l = { c: cpu.upload(loads, [E]), g: b.upload(loads, [E]) };
+      const before = wantBias;
+      b.correctionBiasUpdate(bias.g, l.g, gamma);
+      cpu.correctionBiasUpdate(bias.c, l.c, gamma);
+      wantBias = biasUpdateReference(wantBias, loads, gamma);
+      const got = b.download(bias.g);
+      assert.deepEqual(got, wantBias, `correctionBiasUpdate gamma ${gamma} (seed ${rng.seed})`);
+      assert.deepEqual(cpu.download(bias.c), wantBias, `CPU correctionBiasUpdate gamma ${gamma} (seed ${rng.seed})`);
+      if (loads === tied) assert.equal(got[0], before[0], 'a load on the mean leaves its bias');
+    }
+    assert.throws(() => b.expertLoadInto(ints(Int32Array.of(0, 1), [1, 2]).g, E + 1, load.g), /13 experts/);
+  });
+
+  test(name('fixed-capacity moePermute, expertLoadInto and correctionBiasUpdate replay in a graph, routing rewritten between replays'), opts, () => {
+    const b = cuda();
+    const N = 24, K = 2, E = 6, d = 16, C = 12, gamma = 1e-3;
+    const x = act([N, d]);
+    const indices = ints(randomExpertChoices(rng, N, K, E), [N, K]);
+    const wd = Float32Array.from({ length: N * K }, () => rng.uniform());
+    const w = { c: cpu.upload(wd, [N, K]), g: b.upload(wd, [N, K]) };
+    const overflow = ints(Int32Array.of(0), [1]);
+    const loadStart = Float32Array.from({ length: E }, () => rng.int(1, 100));
+    const load = { c: cpu.upload(loadStart, [E]), g: b.upload(loadStart, [E]) };
+    const bias = param([E], 0.01);
+    const rowsOut = { c: cpu.zeros([E * C, d]), g: b.zeros([E * C, d], 'activation') }, yOut = { c: cpu.zeros([N, d]), g: b.zeros([N, d], 'activation') };
+    // the step's MoE bookkeeping, its results copied into tensors that outlive it
+    const step = (be: Backend, s: 'c' | 'g') => () => {
+      const p = be.moePermute(x[s], indices[s], E, undefined, { capacity: C, overflow: overflow[s] });
+      const y = be.moeUnpermute(p.rows, p.sourceSlot, w[s]);
+      be.scaleInPlace(rowsOut[s], 0);
+      be.addInPlace(rowsOut[s], p.rows);
+      be.scaleInPlace(yOut[s], 0);
+      be.addInPlace(yOut[s], y);
+      be.expertLoadInto(indices[s], E, load[s]);
+      be.correctionBiasUpdate(bias[s], load[s], gamma);
+      for (const t of [p.rows, p.sourceSlot, y]) be.free(t);
+    };
+    const check = (what: string) => {
+      compare(`${what}: rows`, rowsOut.g, rowsOut.c, 0);
+      compare(`${what}: moeUnpermute`, yOut.g, yOut.c);
+      assert.deepEqual(b.downloadInt(overflow.g), cpu.downloadInt(overflow.c), `${what}: overflow`);
+      compare(`${what}: expert load`, load.g, load.c, 0);
+      compare(`${what}: correction bias`, bias.g, bias.c, 0);
+    };
+    step(b, 'g')();
+    step(cpu, 'c')();
+    check('eager');
+    const graph = b.captureGraph(step(b, 'g'));
+    for (const [what, routing] of [['replay', randomExpertChoices(rng, N, K, E)], ['replay, expert E − 1 over capacity', hotRouting(N, K, E)]] as const) {
+      const xd = data(N * d);
+      for (const s of ['c', 'g'] as const) {
+        const be: Backend = s === 'c' ? cpu : b;
+        be.copyFromHost(x[s], xd);
+        be.copyFromHostInt(indices[s], routing);
+        be.copyFromHostInt(overflow[s], Int32Array.of(0));
+      }
+      graph.replay();
+      step(cpu, 'c')();
+      check(what);
+    }
+    assert.ok(b.downloadInt(overflow.g)[0]! > 0, 'the hot routing overflowed');
+    graph.free();
   });
 
   test(name('grouped expert Linear layers on padded blocks'), opts, () => {
@@ -575,6 +765,20 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const lg = b.sequenceBalanceLoss(long.rg, 2, 150, 0.01), lc = cpu.sequenceBalanceLoss(long.rc, 2, 150, 0.01);
     near('sequenceBalanceLoss, 2 × 150 tokens', lg.loss, lc.loss, 1e-5);
     compare('sequenceBalanceLoss dScores, 2 × 150 tokens', lg.dScores, lc.dScores, 1e-5);
+    // into an accumulator on the device (a view, as a step's sums are): both routings add to what it held
+    const start = data(2);
+    const acc = { g: b.zeros([2], 'f32'), c: cpu.zeros([2], 'f32') };
+    b.copyFromHost(acc.g, start);
+    cpu.copyFromHost(acc.c, start);
+    const sum = { g: b.rows(acc.g, 1, 1), c: cpu.rows(acc.c, 1, 1) };
+    sameBits('sequenceBalanceLossInto dScores', b.sequenceBalanceLossInto(rg, batch, seq, 0.01, sum.g), bg.dScores);
+    sameBits('sequenceBalanceLossInto dScores, 2 × 150 tokens', b.sequenceBalanceLossInto(long.rg, 2, 150, 0.01, sum.g), lg.dScores);
+    assert.deepEqual(cpu.download(cpu.sequenceBalanceLossInto(rc, batch, seq, 0.01, sum.c)), cpu.download(bc.dScores), 'the CPU\'s dScores alike');
+    cpu.sequenceBalanceLossInto(long.rc, 2, 150, 0.01, sum.c);
+    const summed = b.download(acc.g);
+    assert.equal(summed[0], start[0], 'the element before the view is left alone');
+    near('sequenceBalanceLossInto: the sum after two calls', summed[1]!, start[1]! + bg.loss + lg.loss, 1e-6);
+    compare('sequenceBalanceLossInto sum against the CPU', acc.g, acc.c, 1e-6);
     compare('routerBackward (sigmoid, normalised, with dScores)', b.routerBackward(logits.g, rg, dW.g, bg.dScores, cfg), cpu.routerBackward(logits.c, rc, dW.c, bc.dScores, cfg));
     for (const variant of [{ scoring: 'softmax' as const, normTopkProb: false }, { scoring: 'sigmoid' as const, normTopkProb: false }]) {
       const c2: RouterConfig = { ...cfg, ...variant, groupLimited: false, groupScoreTop2: false };
@@ -597,6 +801,27 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const bad = Int32Array.from(t);
     bad[5] = V;
     assert.throws(() => b.crossEntropy(logits.g, b.uploadInt(bad, [M]), 1), /outside the vocabulary/);
+    // into accumulators on the device (a view, as a step's sums are): two calls add to what they held
+    const start = data(3);
+    const acc = { g: b.zeros([3], 'f32'), c: cpu.zeros([3], 'f32') };
+    b.copyFromHost(acc.g, start);
+    cpu.copyFromHost(acc.c, start);
+    const sums = { g: b.rows(acc.g, 1, 2), c: cpu.rows(acc.c, 1, 2) };
+    const logits2 = act([M, V], 3);
+    const eg2 = b.crossEntropy(logits2.g, targets.g, 0.37);
+    sameBits('crossEntropyInto dLogits', b.crossEntropyInto(logits.g, targets.g, 0.37, sums.g), eg.dLogits);
+    sameBits('crossEntropyInto dLogits, second call', b.crossEntropyInto(logits2.g, targets.g, 0.37, sums.g), eg2.dLogits);
+    assert.deepEqual(cpu.download(cpu.crossEntropyInto(logits.c, targets.c, 0.37, sums.c)), cpu.download(ec.dLogits), 'the CPU\'s dLogits alike');
+    cpu.crossEntropyInto(logits2.c, targets.c, 0.37, sums.c);
+    const summed = b.download(acc.g);
+    assert.equal(summed[0], start[0], 'the element before the view is left alone');
+    near('crossEntropyInto: the loss sum after two calls', summed[1]!, start[1]! + eg.lossSum + eg2.lossSum, 1e-6);
+    // each call adds its count once, rounded to FP32
+    assert.equal(summed[2], Math.fround(Math.fround(start[2]! + eg.count) + eg.count));
+    compare('crossEntropyInto sums against the CPU', acc.g, acc.c, 1e-5);
+    // a target outside the vocabulary cannot be reported from the device: it makes the loss sum NaN
+    b.free(b.crossEntropyInto(logits.g, b.uploadInt(bad, [M]), 1, sums.g));
+    assert.ok(Number.isNaN(b.download(acc.g)[1]), 'NaN loss sum after a target outside the vocabulary');
 
     const big = param([L ? 3_000_017 : 100_003]);
     near('sumSquares (FP32 storage)', b.sumSquares(big.g), cpu.sumSquares(big.c), 1e-9);
@@ -616,6 +841,29 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     near('sumSquaresMany (mixed storage, views, an empty tensor)', b.sumSquaresMany(many.g), many.g.reduce((s, t) => s + b.sumSquares(t), 0), 1e-12);
     near('sumSquaresMany against the CPU', b.sumSquaresMany(many.g), cpu.sumSquaresMany(many.c), mode === 'f32' ? 1e-6 : tol);
     assert.equal(b.sumSquaresMany([]), 0);
+    // the norm and its clipping coefficient on the device: sqrt of the very sum sumSquaresMany
+    // returns, and maxNorm / norm in FP64, each rounded to FP32; skip 0 for a finite norm
+    const norm = Math.sqrt(b.sumSquaresMany(many.g));
+    const out = { g: b.zeros([2], 'f32'), c: cpu.zeros([2], 'f32') }, skip = { g: b.uploadInt(Int32Array.of(7), [1]), c: cpu.uploadInt(Int32Array.of(7), [1]) };
+    for (const maxNorm of [norm / 3, 3 * norm, 0]) {
+      b.copyFromHost(out.g, data(2));
+      b.gradNormClip(many.g, maxNorm, out.g, skip.g);
+      cpu.gradNormClip(many.c, maxNorm, out.c, skip.c);
+      const clipped = maxNorm > 0 && norm > maxNorm;
+      assert.deepEqual(b.download(out.g), Float32Array.of(norm, clipped ? maxNorm / norm : 1), `${mode} gradNormClip to ${maxNorm} (clipped: ${clipped})`);
+      assert.deepEqual([b.downloadInt(skip.g)[0], cpu.downloadInt(skip.c)[0]], [0, 0], 'skip 0 for a finite norm');
+      compare(`gradNormClip to ${maxNorm} against the CPU`, out.g, out.c, mode === 'f32' ? 1e-6 : tol);
+    }
+    // a NaN or infinite gradient: skip set on both backends
+    for (const poison of [NaN, Infinity]) {
+      const x = data(40);
+      x[17] = poison;
+      b.gradNormClip([third.g, b.upload(x, [40])], 1, out.g, skip.g);
+      cpu.gradNormClip([third.c, cpu.upload(x, [40])], 1, out.c, skip.c);
+      assert.deepEqual([b.downloadInt(skip.g)[0], cpu.downloadInt(skip.c)[0]], [1, 1], `skip set for a norm of ${b.download(out.g)[0]}`);
+    }
+    b.gradNormClip([], 1, out.g, null);
+    assert.deepEqual(b.download(out.g), Float32Array.of(0, 1), 'no gradients: norm 0, no clipping');
     b.scaleInPlaceMany([big.g, small.g, third.g, empty.g], 0.75);
     cpu.scaleInPlaceMany([big.c, small.c, third.c, empty.c], 0.75);
     compare('scaleInPlaceMany (FP32 storage)', big.g, big.c, 1e-6);
@@ -644,9 +892,9 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       const p = param(shape, 0.02), m = { c: cpu.zeros(shape), g: b.zeros(shape) }, v = { c: cpu.zeros(shape), g: b.zeros(shape) };
       for (let step = 1; step <= 3; step++) {
         const g = param(shape, 0.01);
-        const h: AdamWHyper = { lr: 1e-3 * step, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step, momentsBf16 };
-        b.adamw(p.g, g.g, m.g, v.g, h);
-        cpu.adamw(p.c, g.c, m.c, v.c, h);
+        const h: AdamWHyper = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16 };
+        b.adamw(p.g, g.g, m.g, v.g, h, 0.1, adamwScalars(b, h, 1e-3 * step, step));
+        cpu.adamw(p.c, g.c, m.c, v.c, h, 0.1, adamwScalars(cpu, h, 1e-3 * step, step));
       }
       // BF16 moments: a moment within an FP32 rounding of a BF16 boundary may round the other way
       // than the CPU's FP64 value (one BF16 step, 2^-8), which moves that parameter's later updates
@@ -658,7 +906,8 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     }
     if (mode === 'bf16') {
       const p = b.upload(new Float32Array(4), [4], 'bf16'), z = b.zeros([4]);
-      assert.throws(() => b.adamw(p, z, z, z, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, weightDecay: 0, step: 1, momentsBf16: false }), /must be FP32/);
+      const h = { beta1: 0.9, beta2: 0.9, eps: 1e-8, momentsBf16: false };
+      assert.throws(() => b.adamw(p, z, z, z, h, 0, adamwScalars(b, h, 1, 1)), /must be FP32/);
     }
   });
 
@@ -706,10 +955,11 @@ function registerMode(o: CaseOptions, mode: Mode): void {
         const gd = shapes.map((s) => data(count(s), 0.01));
         const g = gd.map((d, i) => (mode === 'bf16' && i === 1 ? b.upload(d, shapes[i]!, 'bf16') : b.upload(d, shapes[i]!)));
         const gc = gd.map((d, i) => cpu.upload(d, shapes[i]!));
-        const h = { lr: 1e-3 * step, beta1: 0.9, beta2: 0.95, eps: 1e-8, step, momentsBf16, gradScale: 0.8 };
-        one.p.forEach((_, i) => b.adamw(one.p[i]!, g[i]!, one.m[i]!, one.v[i]!, { ...h, weightDecay: decays[i]! }));
-        b.adamwMany(many.p, g, many.m, many.v, h, decays);
-        cpu.adamwMany(ref.p, gc, ref.m, ref.v, h, decays);
+        const h = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16 };
+        const s = adamwScalars(b, h, 1e-3 * step, step, 0.8);
+        one.p.forEach((_, i) => b.adamw(one.p[i]!, g[i]!, one.m[i]!, one.v[i]!, h, decays[i]!, s));
+        b.adamwMany(many.p, g, many.m, many.v, h, decays, s);
+        cpu.adamwMany(ref.p, gc, ref.m, ref.v, h, decays, adamwScalars(cpu, h, 1e-3 * step, step, 0.8));
         g.forEach((t) => b.free(t));
       }
       const what = `adamwMany${momentsBf16 ? ' (BF16 moments)' : ''}`;
@@ -729,19 +979,24 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       sameBits(`${what}: linear after the step`, b.linear(x.g, many.p[1]!), b.linear(x.g, one.p[1]!));
     }
     const p = b.upload(new Float32Array(6), [2, 3]), z = () => b.zeros([2, 3]);
-    const h = { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1, momentsBf16: false };
-    assert.throws(() => b.adamwMany([p], [z()], [z()], [z(), z()], h, [0]), /1 params, 1 grads, 1 m, 2 v and 1 weight decays/);
-    assert.throws(() => b.adamwMany([p], [z()], [z()], [b.zeros([3, 2])], h, [0]), /tensor 0: param \[2, 3\]/);
+    const h = { beta1: 0.9, beta2: 0.9, eps: 1e-8, momentsBf16: false };
+    const s = adamwScalars(b, h, 1, 1);
+    assert.throws(() => b.adamwMany([p], [z()], [z()], [z(), z()], h, [0], s), /1 params, 1 grads, 1 m, 2 v and 1 weight decays/);
+    assert.throws(() => b.adamwMany([p], [z()], [z()], [b.zeros([3, 2])], h, [0], s), /tensor 0: param \[2, 3\]/);
     const m0 = z();
-    assert.throws(() => b.adamwMany([p, b.rows(p, 1, 1)], [z(), b.zeros([1, 3])], [m0, b.zeros([1, 3])], [z(), b.zeros([1, 3])], h, [0, 0]), /param 0 and param 1 overlap/);
-    assert.throws(() => b.adamwMany([p], [m0], [m0], [z()], h, [0]), /overlap/);
+    assert.throws(() => b.adamwMany([p, b.rows(p, 1, 1)], [z(), b.zeros([1, 3])], [m0, b.zeros([1, 3])], [z(), b.zeros([1, 3])], h, [0, 0], s), /param 0 and param 1 overlap/);
+    assert.throws(() => b.adamwMany([p], [m0], [m0], [z()], h, [0], s), /overlap/);
+    // the scalars: FP32 lr and bias corrections, an FP32 gradient scale, an i32 skip
+    assert.throws(() => b.adamwMany([p], [z()], [z()], [z()], h, [0], { ...s, hyper: b.zeros([2], 'f32') }), /hyper: expected 3 FP32 number/);
+    if (mode === 'bf16') assert.throws(() => b.adamwMany([p], [z()], [z()], [z()], h, [0], { ...s, hyper: b.zeros([3], 'bf16') }), /hyper: expected 3 FP32 number/);
+    assert.throws(() => b.adamwMany([p], [z()], [z()], [z()], h, [0], { ...s, skip: b.zeros([1], 'f32') }), /skip: expected an i32/);
     // a gradient may be shared (read only)
     const g0 = z();
-    b.adamwMany([p, z()], [g0, g0], [z(), z()], [z(), z()], h, [0, 0]);
-    b.adamwMany([], [], [], [], h, []);
+    b.adamwMany([p, z()], [g0, g0], [z(), z()], [z(), z()], h, [0, 0], s);
+    b.adamwMany([], [], [], [], h, [], s);
     if (mode === 'bf16') {
       const pb = b.upload(new Float32Array(6), [2, 3], 'bf16');
-      assert.throws(() => b.adamwMany([pb], [z()], [z()], [z()], h, [0]), /tensor 0: param must be FP32/);
+      assert.throws(() => b.adamwMany([pb], [z()], [z()], [z()], h, [0], s), /tensor 0: param must be FP32/);
     }
   });
 
@@ -768,18 +1023,18 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const fused = setup('bf16'), separate = setup('f32');
     products(fused.w).forEach((t) => b.free(t));
     const decays = shapes.map(() => 0.1);
-    const update = (o: ReturnType<typeof setup>, g: Tensor[], h: AdamWSharedHyper) => {
-      b.adamwMany(o.params.slice(0, SINGLE), g.slice(0, SINGLE), o.m.slice(0, SINGLE), o.v.slice(0, SINGLE), h, decays.slice(0, SINGLE));
-      b.adamw(o.params[SINGLE]!, g[SINGLE]!, o.m[SINGLE]!, o.v[SINGLE]!, { ...h, weightDecay: decays[SINGLE]! });
+    const h: AdamWHyper = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16: true };
+    const update = (o: ReturnType<typeof setup>, g: Tensor[], s: AdamWScalars) => {
+      b.adamwMany(o.params.slice(0, SINGLE), g.slice(0, SINGLE), o.m.slice(0, SINGLE), o.v.slice(0, SINGLE), h, decays.slice(0, SINGLE), s);
+      b.adamw(o.params[SINGLE]!, g[SINGLE]!, o.m[SINGLE]!, o.v[SINGLE]!, h, decays[SINGLE]!, s);
     };
     for (let step = 1; step <= 3; step++) {
-      const h = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, step, momentsBf16: true };
       const gd = fused.params.map((p) => data(count(p.shape), 0.01));
       const grads = () => gd.map((d, i) => b.upload(d, fused.params[i]!.shape));
       const gf = grads(), gs = grads();
-      update(fused, gf, { ...h, gradScale });
+      update(fused, gf, adamwScalars(b, h, 1e-2, step, gradScale));
       b.scaleInPlaceMany(gs, gradScale);
-      update(separate, gs, h);
+      update(separate, gs, adamwScalars(b, h, 1e-2, step));
       shapes.forEach((s, i) => {
         sameBits(`step ${step}: weight ${i} [${s}]`, fused.w[i]!, separate.w[i]!);
         sameBits(`step ${step}: BF16-stored m ${i}`, fused.m[i]!, separate.m[i]!);
@@ -796,9 +1051,97 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       for (const t of [...fresh, ...want, ...got, ...gf, ...gs]) b.free(t);
     }
     const p = b.upload(new Float32Array(6), [2, 3]);
-    const h = { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1e-8, step: 1, weightDecay: 0, momentsBf16: false };
-    assert.throws(() => b.adamw(p, b.zeros([2, 3]), b.zeros([2, 3], 'bf16'), b.zeros([2, 3], 'bf16'), h), /BF16 moments need momentsBf16/);
-    assert.throws(() => b.adamw(p, b.zeros([2, 3]), b.zeros([2, 3], 'bf16'), b.zeros([2, 3]), { ...h, momentsBf16: true }), /m is bf16 but v f32/);
+    const fp32 = { ...h, momentsBf16: false }, s = adamwScalars(b, h, 1, 1);
+    assert.throws(() => b.adamw(p, b.zeros([2, 3]), b.zeros([2, 3], 'bf16'), b.zeros([2, 3], 'bf16'), fp32, 0, s), /BF16 moments need momentsBf16/);
+    assert.throws(() => b.adamw(p, b.zeros([2, 3]), b.zeros([2, 3], 'bf16'), b.zeros([2, 3]), h, 0, s), /m is bf16 but v f32/);
+  });
+
+  test(name('gradNormClip then adamwMany on their device scalars: captured in a graph, replays with new gradients and hyperparameters match eager steps; skip changes nothing'), opts, () => {
+    const b = cuda();
+    const shapes = [[65, 33], [33], [7, 5]];
+    const decays = [0.1, 0, 0.1];
+    const MAX_NORM = 1;
+    const h: AdamWHyper = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16: mode === 'bf16' };
+    const init = shapes.map((s) => {
+      const m = data(count(s), 0.01), w = data(count(s), 0.01), v = m.map((e, i) => e * e + w[i]! * w[i]!);
+      return { p: data(count(s), 0.1), m, v: mode === 'bf16' ? roundBf16(v) : v };
+    });
+    /** Weights, moments (BF16 in BF16 mode), gradients and a step's device scalars on `be`, from the same values each time. */
+    const makeReplica = (be: Backend) => {
+      const moments = (k: 'm' | 'v') => init.map((d, i) => {
+        const t = be.zeros(shapes[i]!, mode === 'bf16' ? 'bf16' : 'f32');
+        be.copyFromHost(t, d[k]);
+        return t;
+      });
+      return {
+        be, p: init.map((d, i) => be.upload(d.p, shapes[i]!)), m: moments('m'), v: moments('v'), g: shapes.map((s) => be.zeros(s)),
+        out: be.zeros([2], 'f32'), skip: be.uploadInt(Int32Array.of(0), [1]), hyper: be.zeros([3], 'f32'),
+      };
+    };
+    type Replica = ReturnType<typeof makeReplica>;
+    const step = (o: Replica) => () => {
+      o.be.gradNormClip(o.g, MAX_NORM, o.out, o.skip);
+      o.be.adamwMany(o.p, o.g, o.m, o.v, h, decays, { hyper: o.hyper, gradScale: o.be.rows(o.out, 1, 1), skip: o.skip });
+    };
+    /** New gradients (of about 47·scale in norm; `poison`: one NaN) and step t's hyperparameters, written into every set. */
+    const feed = (replicas: Replica[], t: number, scale: number, poison = false) => {
+      const gd = shapes.map((s) => data(count(s), scale));
+      if (poison) gd[1]![3] = NaN;
+      const hyper = adamwHyperValues(2e-3 * t, h, t);
+      for (const o of replicas) {
+        o.g.forEach((g, i) => o.be.copyFromHost(g, gd[i]!));
+        o.be.copyFromHost(o.hyper, hyper);
+      }
+    };
+    const state = (o: Replica) => [...o.p, ...o.m, ...o.v];
+    const same = (what: string, got: Replica, want: Replica) => {
+      state(got).forEach((t, i) => sameBits(`${what}: state tensor ${i}`, t, state(want)[i]!));
+      sameBits(`${what}: norm and clipping coefficient`, got.out, want.out);
+      assert.deepEqual(b.downloadInt(got.skip), b.downloadInt(want.skip), `${what}: skip`);
+    };
+
+    // eager and captured on the CUDA backend, and the CPU backend's steps (on BF16-rounded moments in BF16 mode)
+    const eager = makeReplica(b), captured = makeReplica(b), ref = makeReplica(cpu);
+    // in BF16 mode the first weight's BF16 copy exists before the steps: eager ones keep it up to
+    // date, replays of the captured one mark it stale (refreshed at its next use)
+    const x = act([3, 33]);
+    const product = (o: Replica) => b.linear(x.g, o.p[0]!);
+    for (const o of [eager, captured]) b.free(product(o));
+    assert.throws(() => b.captureGraph(step(captured)), /run the captured work once before/, 'the multi-tensor tables come from an eager run');
+    feed([eager, captured, ref], 1, 0.1);
+    for (const o of [eager, captured, ref]) step(o)();
+    const graph = b.captureGraph(step(captured));
+    const coefficients: number[] = [];
+    for (const [t, scale] of [[2, 0.1], [3, 0.005]] as const) {
+      feed([eager, captured, ref], t, scale);
+      step(eager)();
+      graph.replay();
+      step(ref)();
+      same(`replay at step ${t}`, captured, eager);
+      const [pc, pe] = [product(captured), product(eager)];
+      sameBits(`replay at step ${t}: the product through the weight's copy`, pc, pe);
+      b.free(pc);
+      b.free(pe);
+      coefficients.push(b.download(captured.out)[1]!);
+    }
+    assert.ok(coefficients[0]! < 1 && coefficients[1] === 1, `clipped at step 2, not at step 3: ${coefficients}`);
+    compare('norm and clipping coefficient against the CPU', eager.out, ref.out, mode === 'f32' ? 1e-6 : tol);
+    // BF16 moments: one rounded to the other BF16 neighbour than the CPU's moves later updates by ~2^-8 of lr (see adamwMany's test)
+    state(eager).forEach((t, i) => compare(`state tensor ${i} against the CPU`, t, state(ref)[i]!, mode === 'f32' ? 1e-5 : 2e-2));
+
+    // a NaN gradient: the norm is NaN, skip is set, and neither a replay nor an eager step changes
+    // anything, the weight's BF16 copy (BF16 mode) included
+    const before = state(eager).map((t) => b.download(t));
+    const productBefore = product(eager);
+    feed([eager, captured], 4, 0.1, true);
+    graph.replay();
+    step(eager)();
+    assert.deepEqual([b.downloadInt(eager.skip)[0], b.downloadInt(captured.skip)[0]], [1, 1], 'skip set');
+    assert.ok(Number.isNaN(b.download(eager.out)[0]), 'NaN norm');
+    state(eager).forEach((t, i) => assert.deepEqual(b.download(t), before[i], `skipped step: state tensor ${i} unchanged`));
+    same('skipped step', captured, eager);
+    sameBits('skipped step: the product through the weight\'s copy', product(eager), productBefore);
+    graph.free();
   });
 
   test(name('a checkpoint loads into BF16 moments exactly, which stay BF16'), opts, () => withTempDir('dsv3-moments-', (dir) => {
@@ -822,7 +1165,8 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       'mlaLatentAttention', 'writeCache', 'routerTopK', 'moePermute', 'moeUnpermute', 'rmsNormBackwardInput', 'rmsNormBackwardWeight', 'swigluBackward',
       'embeddingBackward', 'addToCols', 'sumHeads', 'attentionBackward', 'moeUnpermuteBackward', 'moePermuteBackward', 'routerBackward',
       'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'adamwMany', 'groupedLinear',
-      'groupedLinearBackwardInput', 'groupedLinearBackwardWeight', 'copyFromHostInt', 'moeExpertsDirect', 'captureGraph'];
+      'groupedLinearBackwardInput', 'groupedLinearBackwardWeight', 'copyFromHostInt', 'moeExpertsDirect', 'captureGraph', 'expertLoadInto', 'correctionBiasUpdate',
+      'sequenceBalanceLossInto', 'crossEntropyInto', 'gradNormClip'];
     for (const op of ops) assert.equal(typeof b[op], 'function', op);
     assert.equal(b.floatDType, mode);
   });

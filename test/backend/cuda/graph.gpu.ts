@@ -5,6 +5,7 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { adamwHyperValues } from '../../../src/backend/backend.js';
 import * as ops from '../../../src/backend/cuda/ops.js';
 import { CublasLtMatmul } from '../../../src/backend/cuda/matmul.js';
 import { openGpu, seededRandom, randomNormal, encodeBf16, downloadAs, assertClose } from './gpu-helpers.js';
@@ -113,6 +114,9 @@ test('a captured backward sequence (norm, SwiGLU, attention, router, AdamW) repl
   const dWeights = f32(randomNormal(rng, N * K)), dScores = f32(randomNormal(rng, N * E, 0.01));
   const P = 4096;
   const p0 = f32(randomNormal(rng, P, 0.02)), g = f32(randomNormal(rng, P, 0.01));
+  const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8, momentsBf16: true };
+  // three AdamW steps' lr and bias corrections, read from the device
+  const hyper = [1, 2, 3].map((s) => f32(Float32Array.from(adamwHyperValues(1e-3, adam, s))));
   // outputs and state
   const dx = c.alloc(2 * T * d), dw = c.alloc(4 * d), dGate = c.alloc(2 * T * I), dUp = c.alloc(2 * T * I);
   const dq = c.alloc(2 * B * Tq * H * Dk), dk = c.alloc(4 * B * Tq * H * Dk), dv = c.alloc(4 * B * Tq * H * Dv);
@@ -130,7 +134,7 @@ test('a captured backward sequence (norm, SwiGLU, attention, router, AdamW) repl
     ops.swigluBackward(c, 'bf16', gate, up, dAct, dGate, dUp, T * I);
     ops.attentionBackward(c, 'bf16', q, k, v, out, dOut, dq, dk, dv, { B, Tq, Tk: Tq, H, Dk, Dv }, 0.125, 0);
     ops.routerBackward(c, 'bf16', scores, indices, dWeights, dScores, dLogits, N, E, cfg);
-    for (let s = 1; s <= 3; s++) ops.adamw(c, p, g, m, vv, 'f32', 0, P, { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: s, momentsBf16: true });
+    for (const hs of hyper) ops.adamw(c, p, g, m, vv, 'f32', 0, P, adam, 0.1, { hyper: hs, gradScale: 0, skip: 0 });
   };
   const read = () => ({
     dx: downloadAs(c, 'bf16', dx, T * d), dw: downloadAs(c, 'f32', dw, d), dGate: downloadAs(c, 'bf16', dGate, T * I), dUp: downloadAs(c, 'bf16', dUp, T * I),
@@ -153,5 +157,5 @@ test('a captured backward sequence (norm, SwiGLU, attention, router, AdamW) repl
     }
   }
   graph.destroy();
-  for (const buf of [x, dy, w, gate, up, dAct, q, k, v, out, dOut, scores, indices, dWeights, dScores, p0, g, dx, dw, dGate, dUp, dq, dk, dv, dLogits, p, m, vv]) c.free(buf);
+  for (const buf of [x, dy, w, gate, up, dAct, q, k, v, out, dOut, scores, indices, dWeights, dScores, p0, g, dx, dw, dGate, dUp, dq, dk, dv, dLogits, p, m, vv, ...hyper]) c.free(buf);
 });

@@ -98,11 +98,12 @@ test('the multi-tensor kernels are in the table: one launch over a table of tens
     assert.deepEqual(KERNELS[name].args.slice(0, 4), ['ptr', 'i32', 'i32', 'i64'], `${name}: table, tensors, chunks, chunkElems`);
   }
   // adamw_many beside adamw_f32, whose arithmetic it shares: table, tensors, chunks, chunkElems;
-  // lr, β1, β2, 1 − β1, 1 − β2, c1, c2, eps, gradScale; momentsBf16 (the decay, the gradient and
-  // moment types and the BF16 copy are per tensor, in the table)
+  // the step's scalars in device memory (hyper = [lr, c1, c2], gradScale, skip); β1, β2, 1 − β1,
+  // 1 − β2, eps; momentsBf16, writeCopies (the weight decay, the gradient and moment types and the
+  // BF16 copy are per tensor, in the table)
   assert.equal(KERNELS.adamw_many.file, 'optimizer.cu');
   assert.equal(KERNELS.adamw_f32.file, 'optimizer.cu');
-  assert.deepEqual([...KERNELS.adamw_many.args], ['ptr', 'i32', 'i32', 'i64', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'f32', 'i32']);
+  assert.deepEqual([...KERNELS.adamw_many.args], ['ptr', 'i32', 'i32', 'i64', 'ptr', 'ptr', 'ptr', 'f32', 'f32', 'f32', 'f32', 'f32', 'i32', 'i32']);
 });
 
 test('architecture names: sm_90a on Hopper, sm_XY elsewhere', () => {

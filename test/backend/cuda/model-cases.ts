@@ -162,5 +162,27 @@ export function registerModelCases(o: ModelCaseOptions): void {
         b.releaseAllocations(mark);
       }
     });
+
+    test(name(`${o.trainSteps[mode]} captured training steps track eager ones (2 micro-batches each)`), { skip: o.skip }, () => {
+      const b = o.backend(mode);
+      const steps = o.trainSteps[mode];
+      const mark = b.markAllocations();
+      try {
+        // gradient accumulation: the first micro-batch measures the expert loads, the second warms
+        // up at the fixed capacities, the third is captured and every later one replays
+        const eager = microTrainer(b, 11, steps, { gradAccum: 2 });
+        const captured = microTrainer(b, 11, steps, { gradAccum: 2, captureGraph: true });
+        const tol = TRAIN_TOLERANCE[mode];
+        for (let s = 1; s <= steps; s++) {
+          const want = eager.trainStep(), got = captured.trainStep();
+          const rel = Math.abs(got.loss - want.loss) / want.loss;
+          console.log(`# ${mode} step ${s}: captured loss ${got.loss.toFixed(6)} vs eager ${want.loss.toFixed(6)} (relative ${rel.toExponential(2)})`);
+          assert.ok(rel <= tol, `step ${s}: captured loss ${got.loss} vs eager ${want.loss}`);
+          assert.ok(Math.abs(got.grad_norm - want.grad_norm) / want.grad_norm <= 10 * tol, `step ${s}: grad norm ${got.grad_norm} vs ${want.grad_norm}`);
+        }
+      } finally {
+        b.releaseAllocations(mark);
+      }
+    });
   }
 }

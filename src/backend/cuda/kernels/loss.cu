@@ -2,9 +2,11 @@
 // < 0 means "no target") → dLogits [M, V] and per-row statistics, FP32 math throughout:
 //   loss_r    = max + log Σ_j exp(x_j − max) − x_target
 //   dLogits_r = scale · (softmax(x_r) − onehot(target))           (0 for rows without a target)
-// rowStats [3, M]: rowStats[r] = loss_r (0 without a target), rowStats[M + r] = 1 when the row
-// counts, rowStats[2M + r] = 1 when its target is ≥ V (an error the host reports). The host sums
-// each of the three rows (reduce.cu). One block per row (grid-stride); blockDim.x a multiple of 32.
+// rowStats [3, M]: rowStats[r] = loss_r (0 without a target, NaN for a target ≥ V: a loss summed
+// on the device shows the error), rowStats[M + r] = 1 when the row counts, rowStats[2M + r] = 1
+// when its target is ≥ V (an error the host reports where it reads the sums). add_row_sums_f32
+// (reduce.cu) adds the rows' sums into the caller's accumulators on the device. One block per
+// row (grid-stride); blockDim.x a multiple of 32.
 #include "common.cuh"
 
 /** Max over the block (blockDim.x a multiple of 32); every thread gets the result. */
@@ -28,7 +30,7 @@ __device__ __forceinline__ void cross_entropy_impl(const T* __restrict__ logits,
     if (target < 0 || target >= V) {
       for (int j = threadIdx.x; j < V; j += blockDim.x) dx[j] = from_float<T>(0.0f);
       if (threadIdx.x == 0) {
-        rowStats[r] = 0.0f;
+        rowStats[r] = target >= V ? __int_as_float(0x7fc00000) : 0.0f;  // NaN
         rowStats[(i64)M + r] = 0.0f;
         rowStats[2 * (i64)M + r] = target >= V ? 1.0f : 0.0f;
       }

@@ -3,9 +3,11 @@
 //                        dExpertOut[r, :] = weights[s] · dy[n, :]
 //                        dWeights[s]      = dy[n, :] · expertOut[r, :]     (block_sum, FP32)
 //                      and dExpertOut[r, :] = 0 for a padding row (s = −1); one block per
-//                      sorted row (grid-stride)
-//   moe_permute_bwd    dx[n, :] = Σ_k dRows[rowOfSlot[n·K + k], :], k in order (rowOfSlot from
-//                      moe_invert in moe.cu); one block per token (grid-stride)
+//                      sorted row (grid-stride). A slot without a row (dropped by a fixed
+//                      capacity) keeps the zero dWeights the host writes first
+//   moe_permute_bwd    dx[n, :] = Σ_k dRows[rowOfSlot[n·K + k], :], k in order over the slots
+//                      with a row (rowOfSlot from moe_invert in moe.cu, −1 for a slot dropped by
+//                      a fixed capacity); one block per token (grid-stride)
 // Row data in T (bf16 or f32), gating weights and their gradient in FP32; blockDim.x a multiple of 32.
 #include "common.cuh"
 
@@ -41,7 +43,9 @@ __device__ __forceinline__ void moe_permute_bwd_impl(const T* __restrict__ dRows
     const int* rows = rowOfSlot + (i64)n * K;
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
       float s = 0.0f;
-      for (int k = 0; k < K; k++) s += to_float(dRows[(i64)rows[k] * d + c]);
+      for (int k = 0; k < K; k++) {
+        if (rows[k] >= 0) s += to_float(dRows[(i64)rows[k] * d + c]);
+      }
       dx[(i64)n * d + c] = from_float<T>(s);
     }
   }

@@ -4,7 +4,8 @@
 // (adamw_many in optimizer.cu uses the same table with more words per tensor).
 //   sum_squares_many       partial[c] = Σ x² over chunk c (FP64); extra = 1 for BF16, 0 for FP32.
 //                          The partials depend only on the table, not on the grid: the same
-//                          inputs give the same bits every run (sum_f64 in reduce.cu adds them).
+//                          inputs give the same bits every run (sum_f64 or grad_norm_clip in
+//                          reduce.cu adds them).
 //   scale_many             x *= alpha over every chunk (like scale_{bf16,f32}); extra as above.
 //                          alpha = 0 writes zeros without reading x, clearing NaN and Inf too:
 //                          what zeroing the gradients before a step wants, at half the bytes.

@@ -8,17 +8,26 @@
 // moments rounded to BF16. Where p has a BF16 copy (the backend's copy of a weight for BF16 GEMMs),
 // bf16(p) (round to nearest even, what a cast afterwards would give) is written to it as well, so
 // the copy is up to date without a pass of its own.
-// The host computes the scalar factors (1 − β, c1, c2, the decay) in FP64 and passes them as floats.
+//
+// What changes from step to step comes from device memory, so that a captured step replays with
+// the values written before each replay: hyper = [lr, c1, c2] (FP32; the host computes c1 and c2
+// in FP64), gradScale (FP32; null: 1) and skip (i32; null: none — when non-zero the kernel writes
+// nothing). The host passes what stays fixed: β1, β2, 1 − β1, 1 − β2 (FP64, rounded to FP32) and
+// eps. The decay factor is computed here as fma(−lr, wd, 1): 1 − lr·wd of the FP32 lr and wd,
+// rounded once. (It used to come from the host, 1 − lr·wd in FP64 rounded to FP32: the bits can
+// differ in the last place where lr or wd has more than FP32's precision.)
 // Every rounding is spelled out (AdamW::step) — FMA or not, which operands — so that no compiler
 // contraction choice can differ between the kernels: an element gets the same bits from adamw_f32
 // and from adamw_many, in the vector loop or the element-wise one, whatever its chunk.
 //
 //   adamw_f32   one tensor with an FP32 gradient, a grid-stride loop.
 //   adamw_many  many tensors in one launch, over the table of multi-tensor.cuh with 10 i64 per tensor:
-//                 [p, element count, first chunk, g, m, v, decay, gradient type, moment type, copy]
-//               decay = 1 − lr·wd of the tensor as FP32 bits in the low word; gradient and moment
+//                 [p, element count, first chunk, g, m, v, wd, gradient type, moment type, copy]
+//               wd = the tensor's weight decay as FP32 bits in the low word; gradient and moment
 //               types 1 for BF16 (read as is: widening BF16 is exact), 0 for FP32; copy the address
-//               of p's BF16 copy, or 0 for none. Blocks stride over the chunks.
+//               of p's BF16 copy, or 0 for none, written only when the launch's writeCopies is set
+//               (a captured launch leaves the copies alone, with the eager launch's table).
+//               Blocks stride over the chunks.
 //
 // Memory-bound: per element p, g, m, v read and p, m, v written, 28 bytes with FP32 moments and
 // gradient, 20 with BF16 moments, 2 more with a BF16 copy written, 2 fewer with a BF16 gradient.
@@ -47,6 +56,19 @@ __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(_
 struct AdamW {
   float lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, gradScale;
   int momentsBf16;
+
+  /** The scalars of a step: hyper = [lr, c1, c2] and the gradient scale (null: 1) from device memory, the fixed ones from the host; no decay yet. */
+  static __device__ __forceinline__ AdamW load(const float* hyper, const float* gradScale, float beta1, float beta2, float oneMinusBeta1,
+                                               float oneMinusBeta2, float eps, int momentsBf16) {
+    return {hyper[0], beta1, beta2, oneMinusBeta1, oneMinusBeta2, hyper[1], hyper[2], 1.0f, eps, gradScale ? *gradScale : 1.0f, momentsBf16};
+  }
+
+  /** This step for a tensor of weight decay wd: decay = fma(−lr, wd, 1), 1 − lr·wd rounded once. */
+  __device__ __forceinline__ AdamW with_decay(float wd) const {
+    AdamW h = *this;
+    h.decay = fmaf(-lr, wd, 1.0f);
+    return h;
+  }
 
   /**
    * One element, in place: g = s·g0, m = fma(g, 1−β1, β1·m), v = fma(g, (1−β2)·g, β2·v) (the
@@ -148,26 +170,30 @@ __device__ __forceinline__ void adamw_tensor(const AdamW& h, float* p, const G* 
   else adamw_range(h, p, g, static_cast<float*>(m) + start, static_cast<float*>(v) + start, copy, n, tid, threads);
 }
 
-extern "C" __global__ void adamw_f32(float* p, const float* g, void* m, void* v, bf16* copy, i64 n, float lr, float beta1, float beta2,
-                                     float oneMinusBeta1, float oneMinusBeta2, float c1, float c2, float decay, float eps, float gradScale,
+// hyper, gradScale, skip: the step's scalars in device memory (see the top of this file)
+#define ADAMW_SCALAR_ARGS const float *hyper, const float *gradScale, const int *skip, float beta1, float beta2, float oneMinusBeta1, float oneMinusBeta2
+
+extern "C" __global__ void adamw_f32(float* p, const float* g, void* m, void* v, bf16* copy, i64 n, ADAMW_SCALAR_ARGS, float wd, float eps,
                                      int momentsBf16, int momentType) {
-  const AdamW h{lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, gradScale, momentsBf16};
+  if (skip && *skip) return;
+  const AdamW h = AdamW::load(hyper, gradScale, beta1, beta2, oneMinusBeta1, oneMinusBeta2, eps, momentsBf16).with_decay(wd);
   adamw_tensor(h, p, g, m, v, momentType, copy, 0, n, blockIdx.x * (i64)blockDim.x + threadIdx.x, (i64)gridDim.x * blockDim.x);
 }
 
 #define ADAMW_TABLE_WORDS 10
 
-extern "C" __global__ void adamw_many(const i64* table, int tensors, int chunks, i64 chunkElems, float lr, float beta1, float beta2, float oneMinusBeta1,
-                                      float oneMinusBeta2, float c1, float c2, float eps, float gradScale, int momentsBf16) {
+extern "C" __global__ void adamw_many(const i64* table, int tensors, int chunks, i64 chunkElems, ADAMW_SCALAR_ARGS, float eps, int momentsBf16,
+                                      int writeCopies) {
+  if (skip && *skip) return;
+  const AdamW step = AdamW::load(hyper, gradScale, beta1, beta2, oneMinusBeta1, oneMinusBeta2, eps, momentsBf16);
   for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
     const TableChunk k = find_table_chunk<ADAMW_TABLE_WORDS>(table, tensors, c, chunkElems);
     const i64* e = k.entry;
-    const float decay = __int_as_float((int)(e[6] & 0xffffffff));
-    const AdamW h{lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, c1, c2, decay, eps, gradScale, momentsBf16};
+    const AdamW h = step.with_decay(__int_as_float((int)(e[6] & 0xffffffff)));
     float* p = reinterpret_cast<float*>(e[0]);
     void* m = reinterpret_cast<void*>(e[4]);
     void* v = reinterpret_cast<void*>(e[5]);
-    bf16* copy = reinterpret_cast<bf16*>(e[9]);
+    bf16* copy = writeCopies ? reinterpret_cast<bf16*>(e[9]) : nullptr;
     if (e[7]) adamw_tensor(h, p, reinterpret_cast<const bf16*>(e[3]), m, v, e[8], copy, k.start, k.count, threadIdx.x, blockDim.x);
     else adamw_tensor(h, p, reinterpret_cast<const float*>(e[3]), m, v, e[8], copy, k.start, k.count, threadIdx.x, blockDim.x);
   }

@@ -17,7 +17,8 @@
 //   sequence_balance_loss    with f_e = E / (K·seq) · counts[b, e]:
 //     lossPart[b, block] = α / (batch·seq) · Σ_{t of the block} (Σ_e f_e s_te) / Z_t,  Z_t = Σ_e s_te
 //     dScores[t, e] = α / (batch·seq·Z_t) · (f_e − (Σ_e' f_e' s_te') / Z_t)
-// (f counts choices, so it has no gradient). The host sums lossPart row by row, in a fixed order.
+// (f counts choices, so it has no gradient). add_row_sums_f32 (reduce.cu) adds the partial losses,
+// in a fixed order, into the caller's accumulator on the device.
 #include "common.cuh"
 
 template <typename T>
