@@ -210,6 +210,13 @@ export class CudaBackend implements Backend {
   private readonly staleCopies = new Set<CudaTensor>();
   /** The tensors (roots) that the ops of the capture in progress write: each replay writes them again. */
   private captureWrites: Set<CudaTensor> | null = null;
+  /** While capturing: the tensors whose BF16 copy the captured work reads. */
+  private captureCopies: Set<CudaTensor> | null = null;
+  /**
+   * Tensors whose BF16 copy a live graph reads, with those graphs: dropping such a copy (the
+   * tensor freed, or its copy moved into a slab) leaves the graphs unable to replay.
+   */
+  private readonly copyReaders = new Map<CudaTensor, Set<{ valid: boolean }>>();
   /**
    * moeExpertsDirect's device tables of expert weight addresses, by the first gate weight: built
    * on first use (an upload, so never during graph capture), freed with that weight.
@@ -270,6 +277,8 @@ export class CudaBackend implements Backend {
   /** Release the BF16 copy of `t` (freed or about to be). */
   private dropCopy(t: CudaTensor): void {
     if (t.bf16Copy === 0) return;
+    for (const graph of this.copyReaders.get(t) ?? []) graph.valid = false;
+    this.copyReaders.delete(t);
     const slab = t.copySlab;
     if (slab) {
       t.copySlab = null;
@@ -305,14 +314,17 @@ export class CudaBackend implements Backend {
 
   /**
    * `t` in dtype `kind`: `t` itself, the BF16 copy of an FP32 upload (made now if missing,
-   * refreshed now with every other out-of-date copy if stale; never during graph capture, where
-   * a copy could be freed or rewritten before a replay), or a converted temporary pushed on
-   * `temps`. The result is an untracked tensor of the same shape.
+   * refreshed now with every other out-of-date copy if stale; during graph capture only a copy
+   * that exists and is fresh, which the graph then reads at every replay — see captureGraph), or a
+   * converted temporary pushed on `temps`. The result is an untracked tensor of the same shape.
    */
   private as(t: CudaTensor, kind: FloatKind, temps: number[]): CudaTensor {
     if (floatKind(t, 'convert') === kind) return t;
     const n = t.numel;
-    if (kind === 'bf16' && t.cachesBf16 && t.owned && !this.gpu.isCapturing) {
+    // under capture, only a copy that exists and is fresh: the graph then reads it at every replay
+    const copyUsable = this.gpu.isCapturing ? t.bf16Copy !== 0 && !t.bf16Stale : true;
+    if (kind === 'bf16' && t.cachesBf16 && t.owned && copyUsable) {
+      this.captureCopies?.add(t);
       if (t.bf16Copy === 0) {
         t.bf16Copy = this.gpu.alloc(2 * n);
         ops.castF32ToBf16(this.gpu, t.ptr, t.bf16Copy, n);
@@ -332,15 +344,22 @@ export class CudaBackend implements Backend {
    * The address of the BF16 copies of `ws` (FP32 uploads of one shape) stacked back to back in
    * one allocation — made on first use, refreshed when stale — so that one strided batched GEMM
    * reads every expert's weight; null where there are no such copies (FP32 mode, BF16 storage,
-   * graph capture).
+   * or under graph capture a slab not made or not fresh yet).
    */
   private stackedCopies(ws: CudaTensor[]): number | null {
-    if (this.floatDType !== 'bf16' || this.gpu.isCapturing || ws.length === 0) return null;
+    if (this.floatDType !== 'bf16' || ws.length === 0) return null;
     const n = ws[0]!.numel;
     if (!ws.every((w) => w.dtype === 'f32' && w.cachesBf16 && w.owned && w.numel === n) || new Set(ws).size !== ws.length) return null;
     const bytes = 2 * n;
     const slab = ws[0]!.copySlab;
-    if (!slab || !ws.every((w, e) => w.copySlab === slab && w.bf16Copy === slab.ptr + e * bytes)) {
+    const stacked = slab !== null && ws.every((w, e) => w.copySlab === slab && w.bf16Copy === slab.ptr + e * bytes);
+    if (this.gpu.isCapturing) {
+      // a capture reads a slab that exists and is fresh (made by the eager runs before it), or none
+      if (!stacked || ws.some((w) => w.bf16Stale)) return null;
+      for (const w of ws) this.captureCopies?.add(w);
+      return slab.ptr;
+    }
+    if (!stacked) {
       const fresh: CopySlab = { ptr: this.gpu.alloc(bytes * ws.length), refs: 0 };
       ws.forEach((w, e) => {
         this.dropCopy(w);
@@ -1355,19 +1374,36 @@ export class CudaBackend implements Backend {
       }
     };
     const writes = new Set<CudaTensor>();
+    const copies = new Set<CudaTensor>();
     this.captureWrites = writes;
+    this.captureCopies = copies;
     let captured;
     try {
       // the multi-tensor tables that the body's launches read stay on the device while the graph lives
       captured = ops.keepTablesDuring(this.gpu, () => this.ctx.capture(checkedBody));
     } finally {
       this.captureWrites = null;
+      this.captureCopies = null;
     }
     const { result: graph, release } = captured;
+    const state = { valid: true };
+    for (const t of copies) {
+      const readers = this.copyReaders.get(t) ?? new Set();
+      readers.add(state);
+      this.copyReaders.set(t, readers);
+    }
     let freed = false;
     return {
       replay: () => {
         if (freed) throw new Error('captureGraph: replay of a freed graph');
+        if (!state.valid) throw new Error('captureGraph: a BF16 weight copy this graph reads was freed since the capture (capture again)');
+        // copies written since (an optimizer step that did not refresh them) are cast again first
+        for (const t of copies) {
+          if (t.bf16Stale) {
+            this.refreshCopies();
+            break;
+          }
+        }
         graph.launch();
         for (const t of writes) this.written(t); // written again: their BF16 copies are stale again
       },
@@ -1375,6 +1411,11 @@ export class CudaBackend implements Backend {
         if (!freed) {
           graph.destroy();
           release();
+          for (const t of copies) {
+            const readers = this.copyReaders.get(t);
+            readers?.delete(state);
+            if (readers?.size === 0) this.copyReaders.delete(t);
+          }
         }
         freed = true;
       },

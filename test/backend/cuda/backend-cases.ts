@@ -348,8 +348,23 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       step(cpu, x.c, w.c, cache.c, pos.c)();
       compare(`replay at positions ${p.join(', ')}`, cache.g, cache.c);
     }
+    // new weights written eagerly: in BF16 mode the graph reads the weight's BF16 copy, which the
+    // replay must bring up to date first
+    const wd = data(w.d.length, 0.2);
+    b.copyFromHost(w.g, wd);
+    cpu.copyFromHost(w.c, wd);
+    graph.replay();
+    step(cpu, x.c, w.c, cache.c, pos.c)();
+    compare('replay after the weight changed', cache.g, cache.c);
     graph.free();
     assert.throws(() => graph.replay(), /freed graph/);
+    // a weight freed under a live graph: in BF16 mode the graph read its copy, so it refuses to replay
+    const w2 = param([C, 16], 0.2);
+    step(b, x.g, w2.g, cache.g, pos.g)();
+    const reader = b.captureGraph(step(b, x.g, w2.g, cache.g, pos.g));
+    b.free(w2.g);
+    if (mode === 'bf16') assert.throws(() => reader.replay(), /freed since the capture/);
+    reader.free();
     assert.throws(() => b.captureGraph(() => void b.linear(x.g, w.g)), /left 1 tensor/);
     assert.throws(() => b.captureGraph(() => void b.download(w.g)), /capture/i);
     // moeExpertsDirect uploads its table of expert weight addresses on first use: outside capture only
