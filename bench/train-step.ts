@@ -20,7 +20,7 @@ import { ParameterSet, type Parameter } from '../src/model/parameters.js';
 import { numel } from '../src/tensor/tensor.js';
 import { updateCorrectionBias } from '../src/train/expert-balance.js';
 import { CapturedTrainStep } from '../src/train/captured-step.js';
-import { forwardBackwardOnDevice, StepSums, uploadStepInputs } from '../src/train/forward-backward.js';
+import { forwardBackwardInto, StepSums } from '../src/train/forward-backward.js';
 import { AdamW, type AdamWConfig } from '../src/train/optimizer.js';
 import { presetConfig } from '../src/train/presets.js';
 import { Random } from '../src/util/random.js';
@@ -105,22 +105,10 @@ function trainStep(v: Variant, stepNumber: number): { ms: number; loss: number }
       backend.scaleInPlaceMany(v.params.map((p) => p.gradient), 0);
       v.sums.reset();
     };
-    const eager = () => {
-      const inputs = uploadStepInputs(backend, tokens, 1, SEQ, v.model.mtp.length);
-      forwardBackwardOnDevice(v.model, v.model.context(1, SEQ, 0), inputs, LOSS, v.sums); // freed with the step's allocations
-    };
+    const eager = () => forwardBackwardInto(v.model, tokens, 1, SEQ, LOSS, v.sums);
     clear();
-    if (v.captured) {
-      v.captured.startStep();
-      v.captured.run(tokens);
-      if (v.captured.overflowed()) {
-        v.captured.grow();
-        clear();
-        eager();
-      }
-    } else {
-      eager();
-    }
+    if (v.captured) v.captured.runStep([tokens], () => (clear(), eager()));
+    else eager();
     const r = v.sums.read(LOSS.mtpWeight, 1);
     v.optimizer.step(LR);
     for (const { index, ffn } of moeLayers(v.model)) if (ffn.bias) updateCorrectionBias(backend, ffn.bias, v.sums.loads[index]!, BIAS_UPDATE_SPEED);

@@ -294,26 +294,18 @@ export interface Backend {
   routerBackward(logits: Tensor, route: RouterOutput, dWeights: Tensor, dScores: Tensor | null, cfg: RouterConfig): Tensor;
   /**
    * The complementary sequence-wise balance loss (SPEC §3) of `batch` sequences of `seq` tokens:
-   * alpha · mean over sequences of Σ_i f_i P_i, with its gradient on the affinities scores [N, E].
-   */
-  sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor };
-  /**
-   * `sequenceBalanceLoss` with nothing read back (a step that may be captured): returns dScores
-   * [N, E] and adds the loss into sum [1] (FP32 on the GPU) on the device.
+   * alpha · mean over sequences of Σ_i f_i P_i, added into sum [1] (FP32 on the GPU) on the device
+   * (nothing read back: a step may be captured); returns its gradient on the affinities, dScores [N, E].
    */
   sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor;
 
   // ---- losses and optimisation --------------------------------------------------------
   /**
    * Cross-entropy of logits [M, V] against targets [M] (i32, −1 = no target), fused with its
-   * gradient: returns the summed loss over rows with a target, and dLogits = scale · (softmax − onehot).
-   */
-  crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor };
-  /**
-   * `crossEntropy` with nothing read back (a step that may be captured): returns dLogits and adds
-   * (the summed loss over rows with a target, the number of such rows) into sums [2] (FP32 on the
-   * GPU) on the device. A target ≥ V, which crossEntropy reports, makes the loss sum NaN instead
-   * on the GPU (the CPU still throws).
+   * gradient: returns dLogits = scale · (softmax − onehot) and adds (the summed loss over rows with
+   * a target, the number of such rows) into sums [2] (FP32 on the GPU) on the device (nothing read
+   * back: a step may be captured). Callers check their targets (checkTokenIds): a target ≥ V makes
+   * the loss sum NaN on the GPU and throws on the CPU.
    */
   crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor;
   /** Σ x² over all elements, in FP64 on the host side of the answer. */

@@ -1,6 +1,6 @@
 // dsv3 eval: held-out loss and perplexity of a model on text or token shards.
 
-import { chunkedCrossEntropy, shifted } from '../train/forward-backward.js';
+import { checkTokenIds, chunkedCrossEntropy, shifted } from '../train/forward-backward.js';
 import { openTokenStore } from '../train/data/token-store.js';
 import { loadModel } from '../infer/language-model.js';
 import { deviceFlag, deviceOption, numberFlag, stringFlag, UsageError, type Command } from './args.js';
@@ -36,12 +36,13 @@ Cuts the data into consecutive sequences and prints the model's mean next-token 
     const windows = Math.floor((store.length - 1) / seq);
     if (windows < 1) throw new Error(`the data hold ${store.length} tokens: too few for one sequence of ${seq} tokens and its target`);
     const b = model.backend;
-    const sums = b.zeros([2]);
+    const sums = b.zeros([2], 'f32');
     let batches = 0;
     for (let w = 0; w < windows && batches < maxBatches; w += batch, batches++) {
       const rows = Math.min(batch, windows - w);
       const tokens = new Int32Array(rows * (seq + 1));
       for (let r = 0; r < rows; r++) tokens.set(store.read((w + r) * seq, seq + 1), r * (seq + 1));
+      checkTokenIds(tokens, model.config.vocabSize, 'evaluation data');
       const h = model.hidden(shifted(tokens, rows, seq + 1, seq, 0), rows, seq);
       const targets = b.uploadInt(shifted(tokens, rows, seq + 1, seq, 1), [rows * seq]);
       chunkedCrossEntropy(b, h, model.lmHead, targets, 1, 1024, false, sums);

@@ -7,13 +7,13 @@
 // A MoE layer's permutation needs its rows per expert before its GEMMs. Eagerly they are read
 // from the device; a graph cannot read, so each MoE layer permutes to a fixed capacity chosen
 // from the loads of the first micro-batch, with headroom. Should a later micro-batch send more
-// tokens to an expert than its capacity, the permutation drops them and raises a flag; the caller
-// (Trainer) sees the flag after the step, redoes the whole step eagerly, and the capacities double
-// for the next capture. Tokens are never dropped from a step that counts.
+// tokens to an expert than its capacity, the permutation drops them and raises a flag; runStep
+// reads the flag after the step, has the caller redo the whole step eagerly, and doubles the
+// capacities for the next capture. Tokens are never dropped from a step that counts.
 //
-// Lifecycle, one micro-batch per `run`: the first runs eagerly and measures the loads; the
-// second runs eagerly at the fixed capacities (making the GEMM plans and kernels the capture
-// needs); the third is captured and replayed, and every later one replays.
+// Lifecycle, micro-batch after micro-batch (runStep): the first runs eagerly and measures the
+// loads; the second runs eagerly at the fixed capacities (making the GEMM plans and kernels the
+// capture needs); the third is captured and replayed, and every later one replays.
 
 import type { Backend, CapturedGraph } from '../backend/backend.js';
 import type { ForwardContext } from '../model/mla.js';
@@ -33,7 +33,7 @@ export class CapturedTrainStep {
   private readonly b: Backend;
   private readonly inputs: StepInputs;
   private readonly ctx: ForwardContext;
-  /** [1] i32: non-zero once a fixed-capacity permutation dropped a token (zeroed by `startStep`). */
+  /** [1] i32: non-zero once a fixed-capacity permutation dropped a token (zeroed by `runStep`). */
   private readonly overflow: Tensor;
   /** The MoE layers in StepSums.loads order, with their index there. */
   private readonly moe: { index: number; ffn: MoE }[];
@@ -58,14 +58,22 @@ export class CapturedTrainStep {
       .filter((l): l is { index: number; ffn: MoE } => 'experts' in l.ffn);
   }
 
-  /** Before the first micro-batch of a step: clear the overflow flag. */
-  startStep(): void {
+  /**
+   * Forward and backward of a step's micro-batches (each tokens [batch, seq + 1 + D]) into the
+   * gradients and `sums`. When a micro-batch overflowed an expert's capacity the capacities double
+   * (for the next capture) and `redoEagerly` must start the step again: returns whether it was called.
+   */
+  runStep(batches: Int32Array[], redoEagerly: () => void): boolean {
     this.b.copyFromHostInt(this.overflow, new Int32Array(1));
+    for (const tokens of batches) this.run(tokens);
+    if (this.b.downloadInt(this.overflow)[0] === 0) return false;
+    this.grow();
+    redoEagerly();
+    return true;
   }
 
-  /** Forward and backward of tokens [batch, seq + 1 + D] into the gradients and `sums`. */
-  run(tokens: Int32Array): void {
-    uploadStepInputs(this.b, tokens, this.batch, this.seq, this.model.mtp.length, this.inputs);
+  private run(tokens: Int32Array): void {
+    uploadStepInputs(this.model, tokens, this.batch, this.seq, this.inputs);
     if (!this.capacities) {
       this.capacities = this.measureCapacities();
       return;
@@ -79,13 +87,8 @@ export class CapturedTrainStep {
     this.graph.replay();
   }
 
-  /** Whether a fixed-capacity permutation dropped tokens since `startStep` (one download). */
-  overflowed(): boolean {
-    return this.b.downloadInt(this.overflow)[0] !== 0;
-  }
-
   /** After an overflow: double every capacity (the next `run` warms up and captures again). */
-  grow(): void {
+  private grow(): void {
     this.capacities = this.capacities && this.capacities.map((c, i) => Math.min(2 * c, this.worstCase(i)));
     this.dropGraph();
   }
@@ -101,10 +104,10 @@ export class CapturedTrainStep {
     this.warmedAtCapacity = false;
   }
 
-  private body(): void {
+  private body(sums = this.sums): void {
     const mark = this.b.markAllocations();
     try {
-      forwardBackwardOnDevice(this.model, this.ctx, this.inputs, this.opts, this.sums);
+      forwardBackwardOnDevice(this.model, this.ctx, this.inputs, this.opts, sums);
     } finally {
       this.b.releaseAllocations(mark);
     }
@@ -114,12 +117,7 @@ export class CapturedTrainStep {
   private measureCapacities(): number[] {
     const own = new StepSums(this.b, this.model);
     try {
-      const mark = this.b.markAllocations();
-      try {
-        forwardBackwardOnDevice(this.model, this.ctx, this.inputs, this.opts, own);
-      } finally {
-        this.b.releaseAllocations(mark);
-      }
+      this.body(own);
       const { expertLoad } = own.read(this.opts.mtpWeight, 1);
       this.b.addInPlace(this.sums.all, own.all);
       return this.moe.map(({ index }, i) => {

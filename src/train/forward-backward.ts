@@ -55,10 +55,24 @@ export interface StepInputs {
   byShift: Tensor[];
 }
 
-/** Upload the shifts 0 … D + 1 of tokens [batch, window = seq + 1 + D] (into `into` when given). */
-export function uploadStepInputs(b: Backend, tokens: Int32Array, batch: number, seq: number, D: number, into?: StepInputs): StepInputs {
+/**
+ * Throw unless every id is a token of the model's vocabulary: the device ops would not say (a
+ * target ≥ V only turns the summed loss into NaN on the GPU), so ids are checked where they are uploaded.
+ */
+export function checkTokenIds(ids: Int32Array, vocabSize: number, what: string): void {
+  for (const id of ids) if (id < 0 || id >= vocabSize) throw new Error(`${what}: token id ${id} outside the model's vocabulary of ${vocabSize}`);
+}
+
+/**
+ * Upload the shifts 0 … D + 1 (D = the model's MTP depth) of tokens [batch, window = seq + 1 + D]
+ * (into `into` when given), after checking them.
+ */
+export function uploadStepInputs(model: DeepseekV3, tokens: Int32Array, batch: number, seq: number, into?: StepInputs): StepInputs {
+  const b = model.backend;
+  const D = model.mtp.length;
   const window = seq + 1 + D;
   if (tokens.length !== batch * window) throw new Error(`training step: ${tokens.length} tokens for ${batch} windows of ${window}`);
+  checkTokenIds(tokens, model.config.vocabSize, 'training data');
   const byShift: Tensor[] = [];
   for (let shift = 0; shift <= D + 1; shift++) {
     const ids = shifted(tokens, batch, window, seq, shift);
@@ -103,7 +117,11 @@ export class StepSums {
     this.b.scaleInPlace(this.all, 0);
   }
 
-  /** The figures of `micro` micro-batches (each loss averaged over its targets; `gradScale` divided out of the balance loss). */
+  /**
+   * The figures of what was added since `reset`: each loss averaged over its targets, the balance
+   * loss divided by `balanceGradScale`, the gradient scale it was computed with (1 for micro-batches
+   * at 1 / micro-batches each, whose sum is then their mean).
+   */
   read(mtpWeight: number, balanceGradScale: number): MicroBatchResult {
     const v = this.b.download(this.all);
     const D = this.mtp.length;
@@ -210,20 +228,28 @@ export function forwardBackwardOnDevice(model: DeepseekV3, ctx: ForwardContext, 
 }
 
 /**
- * Forward and backward of one micro-batch, eagerly. tokens [batch, window] with window =
- * seq + 1 + D (D = the model's MTP depth). Returns its losses and expert loads (one download).
+ * Forward and backward of one micro-batch, eagerly: tokens [batch, window] with window =
+ * seq + 1 + D (D = the model's MTP depth), its losses and expert loads added into `sums`.
  */
-export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: number, seq: number, opts: LossOptions): MicroBatchResult {
+export function forwardBackwardInto(model: DeepseekV3, tokens: Int32Array, batch: number, seq: number, opts: LossOptions, sums: StepSums): void {
   const b = model.backend;
-  const inputs = uploadStepInputs(b, tokens, batch, seq, model.mtp.length);
+  const inputs = uploadStepInputs(model, tokens, batch, seq);
   const ctx = model.context(batch, seq, 0);
-  const sums = new StepSums(b, model);
   try {
     forwardBackwardOnDevice(model, ctx, inputs, opts, sums);
+  } finally {
+    b.free(ctx.positions);
+    for (const t of inputs.byShift) b.free(t);
+  }
+}
+
+/** forwardBackwardInto into sums of its own: the micro-batch's losses and expert loads (one download). */
+export function forwardBackward(model: DeepseekV3, tokens: Int32Array, batch: number, seq: number, opts: LossOptions): MicroBatchResult {
+  const sums = new StepSums(model.backend, model);
+  try {
+    forwardBackwardInto(model, tokens, batch, seq, opts, sums);
     return sums.read(opts.mtpWeight, opts.gradScale ?? 1);
   } finally {
     sums.free();
-    b.free(ctx.positions);
-    for (const t of inputs.byShift) b.free(t);
   }
 }

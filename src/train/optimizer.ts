@@ -50,11 +50,6 @@ export class AdamW {
     this.scalars = { hyper: b.zeros([3], 'f32'), gradScale: b.rows(this.normAndScale, 1, 1), skip: b.uploadInt(new Int32Array(1), [1]) };
   }
 
-  /** The global L2 norm of all gradients: one multi-tensor reduction, one number downloaded. */
-  gradNorm(): number {
-    return Math.sqrt(this.b.sumSquaresMany(this.params.map((p) => p.gradient)));
-  }
-
   /** The host part of a step, outside any graph capture: the next step number, and its learning rate and bias corrections uploaded. */
   prepare(lr: number): void {
     this.state.step++;

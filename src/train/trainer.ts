@@ -7,7 +7,7 @@ import type { DeepseekV3 } from '../model/model.js';
 import type { BatchSampler, BatchSamplerState } from './data/batches.js';
 import { CapturedTrainStep } from './captured-step.js';
 import { expertLoadStats, updateCorrectionBias } from './expert-balance.js';
-import { chunkedCrossEntropy, forwardBackwardOnDevice, shifted, StepSums, uploadStepInputs, type LossOptions } from './forward-backward.js';
+import { checkTokenIds, chunkedCrossEntropy, forwardBackwardInto, shifted, StepSums, type LossOptions } from './forward-backward.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
 import { loadTrainerState, saveCheckpoint, type TrainerMeta } from './checkpoint.js';
 import type { EvalMetrics, StepMetrics } from './plot.js';
@@ -88,18 +88,13 @@ export class Trainer {
     const started = performance.now();
     const batches = Array.from({ length: opts.gradAccum }, () => this.sampler.nextBatch(opts.batchSize));
     this.clearStep();
-    if (this.captured) {
-      this.captured.startStep();
-      for (const tokens of batches) this.captured.run(tokens);
-      if (this.captured.overflowed()) {
-        // an expert got more tokens than its captured capacity: redo the step eagerly
-        this.capturedOverflows++;
-        this.captured.grow();
-        this.clearStep();
-        for (const tokens of batches) this.eagerMicroBatch(tokens);
-      }
-    } else {
-      for (const tokens of batches) this.eagerMicroBatch(tokens);
+    const eagerly = () => {
+      for (const tokens of batches) forwardBackwardInto(model, tokens, opts.batchSize, opts.seqLen, this.lossOptions, this.sums);
+    };
+    if (!this.captured) {
+      eagerly();
+    } else if (this.captured.runStep(batches, () => (this.clearStep(), eagerly()))) {
+      this.capturedOverflows++;
     }
     // the balance losses were computed with gradScale = 1 / gradAccum: their sum is the mean
     const r = this.sums.read(opts.mtpWeight, 1);
@@ -123,19 +118,6 @@ export class Trainer {
     this.sums.reset();
   }
 
-  private eagerMicroBatch(tokens: Int32Array): void {
-    const { model, opts } = this;
-    const b = model.backend;
-    const inputs = uploadStepInputs(b, tokens, opts.batchSize, opts.seqLen, model.mtp.length);
-    const ctx = model.context(opts.batchSize, opts.seqLen, 0);
-    try {
-      forwardBackwardOnDevice(model, ctx, inputs, this.lossOptions, this.sums);
-    } finally {
-      b.free(ctx.positions);
-      for (const t of inputs.byShift) b.free(t);
-    }
-  }
-
   /** Main-model loss and perplexity on up to `evalBatches` held-out batches. */
   evaluate(): EvalMetrics {
     const { model, opts } = this;
@@ -152,9 +134,10 @@ export class Trainer {
     const { model, opts } = this;
     const b = model.backend;
     const window = this.sampler.windowLength;
-    const sums = b.zeros([2]);
+    const sums = b.zeros([2], 'f32');
     for (const tokens of this.sampler.evalBatches(opts.batchSize, opts.evalBatches)) {
       const rows = tokens.length / window;
+      checkTokenIds(tokens, model.config.vocabSize, 'held-out data');
       const h = model.hidden(shifted(tokens, rows, window, opts.seqLen, 0), rows, opts.seqLen);
       const targets = b.uploadInt(shifted(tokens, rows, window, opts.seqLen, 1), [rows * opts.seqLen]);
       chunkedCrossEntropy(b, h, model.lmHead, targets, 1, 1024, false, sums);

@@ -581,37 +581,26 @@ export class CpuBackend implements Backend {
     return dLogits;
   }
 
-  sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor } {
+  sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor {
+    const acc = scalars(sum, 1, 'sequenceBalanceLossInto sum');
     const [N, E] = route.scores.shape;
     const K = lastDim(route.indices);
     if (N !== batch * seq) throw new Error(`sequenceBalanceLoss: ${N} tokens for ${batch}×${seq}`);
     const dScores = this.newFloat([N, E]);
-    const loss = train.sequenceBalanceLoss(floats(route.scores), ints(route.indices), batch, seq, E, K, alpha, dScores.data as FloatArray);
-    return { loss, dScores };
-  }
-
-  sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor {
-    const acc = scalars(sum, 1, 'sequenceBalanceLossInto sum');
-    const { loss, dScores } = this.sequenceBalanceLoss(route, batch, seq, alpha);
-    acc[0] += loss;
+    acc[0] += train.sequenceBalanceLoss(floats(route.scores), ints(route.indices), batch, seq, E, K, alpha, dScores.data as FloatArray);
     return dScores;
   }
 
   // ---- losses and optimisation --------------------------------------------------------
 
-  crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor } {
+  crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor {
+    const acc = scalars(sums, 2, 'crossEntropyInto sums');
     const [M, V] = logits.shape;
     if (numel(targets.shape) !== M) throw new Error(`crossEntropy: ${numel(targets.shape)} targets for ${M} rows`);
     const dLogits = this.newFloat([M, V]);
     const r = train.crossEntropy(floats(logits), ints(targets), M, V, scale, dLogits.data as FloatArray);
-    return { ...r, dLogits };
-  }
-
-  crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor {
-    const acc = scalars(sums, 2, 'crossEntropyInto sums');
-    const { lossSum, count, dLogits } = this.crossEntropy(logits, targets, scale);
-    acc[0] += lossSum;
-    acc[1] += count;
+    acc[0] += r.lossSum;
+    acc[1] += r.count;
     return dLogits;
   }
 

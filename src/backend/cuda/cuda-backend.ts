@@ -1169,17 +1169,6 @@ export class CudaBackend implements Backend {
     return out;
   }
 
-  /** sequenceBalanceLossInto into a temporary, downloaded. */
-  sequenceBalanceLoss(route: RouterOutput, batch: number, seq: number, alpha: number): { loss: number; dScores: Tensor } {
-    const sum = this.zeros([1], 'f32');
-    try {
-      const dScores = this.sequenceBalanceLossInto(route, batch, seq, alpha, sum);
-      return { loss: this.download(sum)[0]!, dScores };
-    } finally {
-      this.free(sum);
-    }
-  }
-
   /** dScores is FP32 like the scores; sum must be FP32. */
   sequenceBalanceLossInto(route: RouterOutput, batch: number, seq: number, alpha: number, sum: Tensor): Tensor {
     const sc0 = dev(route.scores, 'sequenceBalanceLoss scores'), idx = int32(dev(route.indices, 'sequenceBalanceLoss indices'), 'sequenceBalanceLoss indices');
@@ -1195,33 +1184,16 @@ export class CudaBackend implements Backend {
 
   // ---- losses and optimisation --------------------------------------------------------
 
-  /** crossEntropyInto into a temporary [3] (its third number: the targets outside the vocabulary, reported here), downloaded. */
-  crossEntropy(logits: Tensor, targets: Tensor, scale: number): { lossSum: number; count: number; dLogits: Tensor } {
-    const sums = this.zeros([3], 'f32');
-    try {
-      const dLogits = this.crossEntropyInto(logits, targets, scale, sums);
-      const [lossSum, count, invalid] = this.download(sums);
-      if (invalid! > 0) {
-        this.free(dLogits);
-        throw new Error(`crossEntropy: ${invalid} target(s) outside the vocabulary of ${logits.shape[1]}`);
-      }
-      return { lossSum: lossSum!, count: count!, dLogits };
-    } finally {
-      this.free(sums);
-    }
-  }
-
-  /** sums FP32 [2], or [3]: the third then counts the targets ≥ V (which crossEntropy reports). */
+  /** sums FP32 [2]. */
   crossEntropyInto(logits: Tensor, targets: Tensor, scale: number, sums: Tensor): Tensor {
     const l0 = dev(logits, 'crossEntropy logits'), t = int32(dev(targets, 'crossEntropy targets'), 'crossEntropy targets');
     if (l0.shape.length !== 2) throw new Error(`crossEntropy: logits ${shapeString(l0.shape)} are not [M, V]`);
     const [M, V] = l0.shape as [number, number];
     if (t.numel !== M) throw new Error(`crossEntropy: ${t.numel} targets for ${M} rows`);
-    const stats = numel(sums.shape) === 3 ? 3 : 2;
-    const acc = f32Scalars(sums, stats, 'crossEntropyInto sums');
+    const acc = f32Scalars(sums, 2, 'crossEntropyInto sums');
     const dLogits = this.empty([M, V]);
     this.written(acc);
-    this.withTemps((temps) => ops.crossEntropy(this.gpu, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale, acc.ptr, stats));
+    this.withTemps((temps) => ops.crossEntropy(this.gpu, this.floatDType, this.act(l0, temps).ptr, t.ptr, dLogits.ptr, M, V, scale, acc.ptr));
     return dLogits;
   }
 

@@ -501,16 +501,16 @@ export function sequenceBalanceLoss(ctx: CudaContext, scores: number, indices: n
 /**
  * Fused cross-entropy (loss.cu): logits [M, V] of type t, targets [M] i32 (< 0: none) → dLogits
  * [M, V] of type t, and on the device sums[0] += the summed loss (NaN when a target is ≥ V),
- * sums[1] += the rows with a target and, when `stats` is 3, sums[2] += the targets ≥ V (sums FP32).
+ * sums[1] += the rows with a target (sums FP32 [2]).
  */
 export function crossEntropy(ctx: CudaContext, t: FloatKind, logits: number, targets: number, dLogits: number, M: number, V: number, scale: number,
-  sums: number, stats: 2 | 3): void {
+  sums: number): void {
   if (M === 0) return;
-  const rowStats = ctx.alloc(4 * 3 * M);
+  const rowStats = ctx.alloc(4 * 2 * M);
   try {
     kernel(ctx, t === 'bf16' ? 'cross_entropy_bf16' : 'cross_entropy_f32')
       .launch(ctx.stream, Math.min(M, 2 ** 31 - 1), rowThreads(V, 4, 1024), 0, [logits, targets, dLogits, rowStats, M, V, scale]);
-    addRowSums(ctx, rowStats, stats, M, sums);
+    addRowSums(ctx, rowStats, 2, M, sums);
   } finally {
     ctx.free(rowStats);
   }
@@ -521,10 +521,15 @@ export function sumSquares(ctx: CudaContext, t: FloatKind, x: number, n: number)
   if (n === 0) return 0;
   const blocks = Math.max(1, Math.min(Math.ceil(n / (BLOCK * 8)), 1024));
   const partial = ctx.alloc(8 * blocks);
+  kernel(ctx, t === 'bf16' ? 'sum_squares_bf16' : 'sum_squares_f32').launch(ctx.stream, blocks, BLOCK, 0, [x, n, partial]);
+  return downloadSum(ctx, partial, blocks);
+}
+
+/** The sum of `count` FP64 partials (sum_f64, in a fixed order), downloaded; frees `partial`. */
+function downloadSum(ctx: CudaContext, partial: number, count: number): number {
   const total = ctx.alloc(8);
   try {
-    kernel(ctx, t === 'bf16' ? 'sum_squares_bf16' : 'sum_squares_f32').launch(ctx.stream, blocks, BLOCK, 0, [x, n, partial]);
-    kernel(ctx, 'sum_f64').launch(ctx.stream, 1, 1024, 0, [partial, blocks, total]);
+    kernel(ctx, 'sum_f64').launch(ctx.stream, 1, 1024, 0, [partial, count, total]);
     const out = new Float64Array(1);
     ctx.copyToHost(out, total);
     return out[0]!;
@@ -533,8 +538,6 @@ export function sumSquares(ctx: CudaContext, t: FloatKind, x: number, n: number)
     ctx.free(total);
   }
 }
-
-// ---- multi-tensor kernels (multi-tensor.cu) -------------------------------------------
 
 /** One tensor of a multi-tensor launch: its address, element count and the kernel's extra word. */
 export interface MultiTensorEntry {
@@ -699,17 +702,7 @@ function sumSquaresPartials(ctx: CudaContext, entries: readonly MultiTensorEntry
 /** Σ over the tensors of Σ x² (entries' extra: 1 BF16, 0 FP32), FP64 in a fixed order, downloaded. */
 export function sumSquaresMany(ctx: CudaContext, entries: readonly MultiTensorEntry[]): number {
   const { partial, chunks } = sumSquaresPartials(ctx, entries);
-  if (chunks === 0) return 0;
-  const total = ctx.alloc(8);
-  try {
-    kernel(ctx, 'sum_f64').launch(ctx.stream, 1, 1024, 0, [partial, chunks, total]);
-    const out = new Float64Array(1);
-    ctx.copyToHost(out, total);
-    return out[0]!;
-  } finally {
-    ctx.free(partial);
-    ctx.free(total);
-  }
+  return downloadSum(ctx, partial, chunks);
 }
 
 /**

@@ -772,29 +772,22 @@ function registerMode(o: CaseOptions, mode: Mode): void {
 
     const dW = param([N, K]);
     const seq = 16, batch = N / seq;
-    const bg = b.sequenceBalanceLoss(rg, batch, seq, 0.01), bc = cpu.sequenceBalanceLoss(rc, batch, seq, 0.01);
-    near('sequenceBalanceLoss', bg.loss, bc.loss, 1e-5);
-    compare('sequenceBalanceLoss dScores', bg.dScores, bc.dScores, 1e-5);
-    // sequences longer than one block's share of tokens (64), the last block partly filled
-    const long = routeCase(2 * 150, E, cfg);
-    const lg = b.sequenceBalanceLoss(long.rg, 2, 150, 0.01), lc = cpu.sequenceBalanceLoss(long.rc, 2, 150, 0.01);
-    near('sequenceBalanceLoss, 2 × 150 tokens', lg.loss, lc.loss, 1e-5);
-    compare('sequenceBalanceLoss dScores, 2 × 150 tokens', lg.dScores, lc.dScores, 1e-5);
-    // into an accumulator on the device (a view, as a step's sums are): both routings add to what it held
+    // into an accumulator on the device (a view, as a step's sums are): the calls add to what it held
     const start = data(2);
     const acc = { g: b.zeros([2], 'f32'), c: cpu.zeros([2], 'f32') };
     b.copyFromHost(acc.g, start);
     cpu.copyFromHost(acc.c, start);
     const sum = { g: b.rows(acc.g, 1, 1), c: cpu.rows(acc.c, 1, 1) };
-    sameBits('sequenceBalanceLossInto dScores', b.sequenceBalanceLossInto(rg, batch, seq, 0.01, sum.g), bg.dScores);
-    sameBits('sequenceBalanceLossInto dScores, 2 × 150 tokens', b.sequenceBalanceLossInto(long.rg, 2, 150, 0.01, sum.g), lg.dScores);
-    assert.deepEqual(cpu.download(cpu.sequenceBalanceLossInto(rc, batch, seq, 0.01, sum.c)), cpu.download(bc.dScores), 'the CPU\'s dScores alike');
-    cpu.sequenceBalanceLossInto(long.rc, 2, 150, 0.01, sum.c);
-    const summed = b.download(acc.g);
-    assert.equal(summed[0], start[0], 'the element before the view is left alone');
-    near('sequenceBalanceLossInto: the sum after two calls', summed[1]!, start[1]! + bg.loss + lg.loss, 1e-6);
-    compare('sequenceBalanceLossInto sum against the CPU', acc.g, acc.c, 1e-6);
-    compare('routerBackward (sigmoid, normalised, with dScores)', b.routerBackward(logits.g, rg, dW.g, bg.dScores, cfg), cpu.routerBackward(logits.c, rc, dW.c, bc.dScores, cfg));
+    const bg = b.sequenceBalanceLossInto(rg, batch, seq, 0.01, sum.g), bc = cpu.sequenceBalanceLossInto(rc, batch, seq, 0.01, sum.c);
+    compare('sequenceBalanceLossInto dScores', bg, bc, 1e-5);
+    compare('sequenceBalanceLossInto sum', acc.g, acc.c, 1e-6);
+    // sequences longer than one block's share of tokens (64), the last block partly filled
+    const long = routeCase(2 * 150, E, cfg);
+    compare('sequenceBalanceLossInto dScores, 2 × 150 tokens', b.sequenceBalanceLossInto(long.rg, 2, 150, 0.01, sum.g),
+      cpu.sequenceBalanceLossInto(long.rc, 2, 150, 0.01, sum.c), 1e-5);
+    assert.equal(b.download(acc.g)[0], start[0], 'the element before the view is left alone');
+    compare('sequenceBalanceLossInto: the sum after two calls, against the CPU', acc.g, acc.c, 1e-6);
+    compare('routerBackward (sigmoid, normalised, with dScores)', b.routerBackward(logits.g, rg, dW.g, bg, cfg), cpu.routerBackward(logits.c, rc, dW.c, bc, cfg));
     for (const variant of [{ scoring: 'softmax' as const, normTopkProb: false }, { scoring: 'sigmoid' as const, normTopkProb: false }]) {
       const c2: RouterConfig = { ...cfg, ...variant, groupLimited: false, groupScoreTop2: false };
       const r = routeCase(N, E, c2);
@@ -809,34 +802,29 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const logits = act([M, V], 3);
     const t = Int32Array.from({ length: M }, (_, i) => (i % 7 === 3 ? -1 : rng.int(0, V - 1)));
     const targets = ints(t, [M]);
-    const eg = b.crossEntropy(logits.g, targets.g, 0.37), ec = cpu.crossEntropy(logits.c, targets.c, 0.37);
-    assert.equal(eg.count, ec.count);
-    near('crossEntropy lossSum', eg.lossSum, ec.lossSum, 1e-5);
-    compare('crossEntropy dLogits', eg.dLogits, ec.dLogits);
-    const bad = Int32Array.from(t);
-    bad[5] = V;
-    assert.throws(() => b.crossEntropy(logits.g, b.uploadInt(bad, [M]), 1), /outside the vocabulary/);
     // into accumulators on the device (a view, as a step's sums are): two calls add to what they held
     const start = data(3);
     const acc = { g: b.zeros([3], 'f32'), c: cpu.zeros([3], 'f32') };
     b.copyFromHost(acc.g, start);
     cpu.copyFromHost(acc.c, start);
     const sums = { g: b.rows(acc.g, 1, 2), c: cpu.rows(acc.c, 1, 2) };
+    compare('crossEntropyInto dLogits', b.crossEntropyInto(logits.g, targets.g, 0.37, sums.g), cpu.crossEntropyInto(logits.c, targets.c, 0.37, sums.c));
+    const counted = t.filter((x) => x >= 0).length;
+    assert.equal(b.download(acc.g)[2], Math.fround(start[2]! + counted), 'the count of rows with a target');
     const logits2 = act([M, V], 3);
-    const eg2 = b.crossEntropy(logits2.g, targets.g, 0.37);
-    sameBits('crossEntropyInto dLogits', b.crossEntropyInto(logits.g, targets.g, 0.37, sums.g), eg.dLogits);
-    sameBits('crossEntropyInto dLogits, second call', b.crossEntropyInto(logits2.g, targets.g, 0.37, sums.g), eg2.dLogits);
-    assert.deepEqual(cpu.download(cpu.crossEntropyInto(logits.c, targets.c, 0.37, sums.c)), cpu.download(ec.dLogits), 'the CPU\'s dLogits alike');
-    cpu.crossEntropyInto(logits2.c, targets.c, 0.37, sums.c);
+    compare('crossEntropyInto dLogits, second call', b.crossEntropyInto(logits2.g, targets.g, 0.37, sums.g), cpu.crossEntropyInto(logits2.c, targets.c, 0.37, sums.c));
     const summed = b.download(acc.g);
     assert.equal(summed[0], start[0], 'the element before the view is left alone');
-    near('crossEntropyInto: the loss sum after two calls', summed[1]!, start[1]! + eg.lossSum + eg2.lossSum, 1e-6);
     // each call adds its count once, rounded to FP32
-    assert.equal(summed[2], Math.fround(Math.fround(start[2]! + eg.count) + eg.count));
+    assert.equal(summed[2], Math.fround(Math.fround(start[2]! + counted) + counted));
     compare('crossEntropyInto sums against the CPU', acc.g, acc.c, 1e-5);
     // a target outside the vocabulary cannot be reported from the device: it makes the loss sum NaN
+    // (callers check ids on the host: checkTokenIds); the CPU throws
+    const bad = Int32Array.from(t);
+    bad[5] = V;
     b.free(b.crossEntropyInto(logits.g, b.uploadInt(bad, [M]), 1, sums.g));
     assert.ok(Number.isNaN(b.download(acc.g)[1]), 'NaN loss sum after a target outside the vocabulary');
+    assert.throws(() => cpu.crossEntropyInto(logits.c, cpu.uploadInt(bad, [M]), 1, sums.c), /outside the vocabulary/);
 
     const big = param([L ? 3_000_017 : 100_003]);
     near('sumSquares (FP32 storage)', b.sumSquares(big.g), cpu.sumSquares(big.c), 1e-9);
@@ -1179,7 +1167,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       'releaseAllocations', 'gemm', 'linear', 'add', 'addInPlace', 'rmsNorm', 'swiglu', 'sliceCols', 'concatHeads', 'embedding', 'rope', 'attention',
       'mlaLatentAttention', 'writeCache', 'routerTopK', 'moePermute', 'moeUnpermute', 'rmsNormBackwardInput', 'rmsNormBackwardWeight', 'swigluBackward',
       'embeddingBackward', 'addToCols', 'sumHeads', 'attentionBackward', 'moeUnpermuteBackward', 'moePermuteBackward', 'routerBackward',
-      'sequenceBalanceLoss', 'crossEntropy', 'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'adamwMany', 'groupedLinear',
+      'sumSquares', 'sumSquaresMany', 'scaleInPlace', 'scaleInPlaceMany', 'adamw', 'adamwMany', 'groupedLinear',
       'groupedLinearBackwardInput', 'groupedLinearBackwardWeight', 'copyFromHostInt', 'moeExpertsDirect', 'captureGraph', 'expertLoadInto', 'correctionBiasUpdate',
       'sequenceBalanceLossInto', 'crossEntropyInto', 'gradNormClip'];
     for (const op of ops) assert.equal(typeof b[op], 'function', op);

@@ -1,10 +1,10 @@
-// Fused softmax cross-entropy (Backend.crossEntropy): logits [M, V], targets [M] (i32; a target
+// Fused softmax cross-entropy (Backend.crossEntropyInto): logits [M, V], targets [M] (i32; a target
 // < 0 means "no target") → dLogits [M, V] and per-row statistics, FP32 math throughout:
 //   loss_r    = max + log Σ_j exp(x_j − max) − x_target
 //   dLogits_r = scale · (softmax(x_r) − onehot(target))           (0 for rows without a target)
-// rowStats [3, M]: rowStats[r] = loss_r (0 without a target, NaN for a target ≥ V: a loss summed
-// on the device shows the error), rowStats[M + r] = 1 when the row counts, rowStats[2M + r] = 1
-// when its target is ≥ V (an error the host reports where it reads the sums). add_row_sums_f32
+// rowStats [2, M]: rowStats[r] = loss_r (0 without a target, NaN for a target ≥ V, which callers
+// rule out on the host: a loss summed on the device still shows it), rowStats[M + r] = 1 when the
+// row counts. add_row_sums_f32
 // (reduce.cu) adds the rows' sums into the caller's accumulators on the device. One block per
 // row (grid-stride); blockDim.x a multiple of 32.
 #include "common.cuh"
@@ -32,7 +32,6 @@ __device__ __forceinline__ void cross_entropy_impl(const T* __restrict__ logits,
       if (threadIdx.x == 0) {
         rowStats[r] = target >= V ? __int_as_float(0x7fc00000) : 0.0f;  // NaN
         rowStats[(i64)M + r] = 0.0f;
-        rowStats[2 * (i64)M + r] = target >= V ? 1.0f : 0.0f;
       }
       continue;
     }
@@ -50,7 +49,6 @@ __device__ __forceinline__ void cross_entropy_impl(const T* __restrict__ logits,
     if (threadIdx.x == 0) {
       rowStats[r] = mx + logf(sum) - to_float(x[target]);
       rowStats[(i64)M + r] = 1.0f;
-      rowStats[2 * (i64)M + r] = 0.0f;
     }
   }
 }

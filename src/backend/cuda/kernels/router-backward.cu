@@ -1,4 +1,4 @@
-// Router backward and the sequence-wise balance loss (Backend.routerBackward, sequenceBalanceLoss;
+// Router backward and the sequence-wise balance loss (Backend.routerBackward, sequenceBalanceLossInto;
 // SPEC §3). Scores s [N, E] are the unbiased affinities routerTopK wrote (FP32); the correction
 // bias only selects experts, so no gradient flows through the choice.
 //
