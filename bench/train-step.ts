@@ -144,7 +144,9 @@ for (const v of variants) {
       row.loss = s.loss;
     }
     row.tokensPerSecond = SEQ / (median(row.stepMs) / 1000);
-    console.log(`# ${v.label}: ${row.tokensPerSecond.toFixed(0)} tokens/s (steps ${row.stepMs.map((m) => m.toFixed(0)).join(', ')} ms), loss ${row.loss?.toFixed(3)}`);
+    const capacities = v.captured?.capacityRows;
+    console.log(`# ${v.label}: ${row.tokensPerSecond.toFixed(0)} tokens/s (steps ${row.stepMs.map((m) => m.toFixed(0)).join(', ')} ms), loss ${row.loss?.toFixed(3)}`
+      + (capacities ? `; expert capacities (rows per expert, per MoE layer) ${capacities.join(' ')}` : ''));
   } catch (e) {
     row.error = (e as Error).message.split('\n')[0]!;
     console.log(`# ${v.label} failed: ${(e as Error).stack ?? row.error}`);

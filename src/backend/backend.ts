@@ -92,10 +92,11 @@ export interface MoeFixedCapacity {
   /** Rows per expert (a positive integer). Of an expert's slots, the first `capacity` in slot order keep a row. */
   capacity: number;
   /**
-   * [1] i32: the number of slots dropped (past their expert's capacity, or, on the device, of an
-   * expert index outside [0, E)) is added to it. Never cleared by moePermute: zero it before the step.
+   * [2] i32, never cleared by moePermute (zero it before the step): [0] += the slots dropped (past
+   * their expert's capacity, or, on the device, of an expert index outside [0, E)); [1] = the
+   * largest of itself and every expert's count (the capacity the call needed).
    */
-  overflow: Tensor;
+  stats: Tensor;
 }
 
 /** When moePermute pads (MoePermutation.capacity), see moeCapacity. */

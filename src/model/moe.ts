@@ -86,8 +86,8 @@ export class MoE {
   padding: MoePadding | null | undefined = undefined;
   /**
    * When set, the permutation pads to this capacity per expert without reading the counts back
-   * (a captured training step, CapturedTrainStep): slots past an expert's capacity are dropped and
-   * counted into `overflow`.
+   * (a captured training step, CapturedTrainStep): slots past an expert's capacity are dropped,
+   * counted into its `stats` with the capacity the layer needed.
    */
   fixedCapacity: MoeFixedCapacity | null = null;
 

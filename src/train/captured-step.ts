@@ -5,40 +5,39 @@
 // in place.
 //
 // A MoE layer's permutation needs its rows per expert before its GEMMs. Eagerly they are read
-// from the device; a graph cannot read, so each MoE layer permutes to a fixed capacity chosen
-// from the loads of the first micro-batch, with headroom. Should a later micro-batch send more
-// tokens to an expert than its capacity, the permutation drops them and raises a flag; runStep
-// reads the flag after the step, has the caller redo the whole step eagerly, and doubles the
-// capacities for the next capture. Tokens are never dropped from a step that counts.
+// from the device; a graph cannot read, so each MoE layer permutes to a fixed capacity
+// (ExpertCapacities), first chosen from the loads of the first micro-batch with headroom. Each
+// layer's permutation counts on the device the slots it dropped and the capacity it needed; runStep
+// reads those after the step. A step that dropped a slot is redone eagerly by the caller, so tokens
+// are never dropped from a step that counts; the capacities then grow to what was needed, or later
+// shrink as the routing evens out, and the next micro-batch captures again.
 //
 // Lifecycle, micro-batch after micro-batch (runStep): the first runs eagerly and measures the
 // loads; the second runs eagerly at the fixed capacities (making the GEMM plans and kernels the
-// capture needs); the third is captured and replayed, and every later one replays.
+// capture needs); the third is captured and replayed, and every later one replays, until the
+// capacities change.
 
 import type { Backend, CapturedGraph } from '../backend/backend.js';
 import type { ForwardContext } from '../model/mla.js';
 import type { DeepseekV3 } from '../model/model.js';
 import type { MoE } from '../model/moe.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { CAPACITY_HEADROOM, CAPACITY_ROWS, ExpertCapacities } from './expert-capacity.js';
 import { forwardBackwardOnDevice, StepSums, uploadStepInputs, type LossOptions, type StepInputs } from './forward-backward.js';
-
-/**
- * Capacity over the largest count first seen (by default), and the rows capacities are rounded up
- * to (tensor-core GEMM tiles take rows in multiples of 8).
- */
-const CAPACITY_HEADROOM = 1.25;
-const CAPACITY_ROWS = 8;
 
 export class CapturedTrainStep {
   private readonly b: Backend;
   private readonly inputs: StepInputs;
   private readonly ctx: ForwardContext;
-  /** [1] i32: non-zero once a fixed-capacity permutation dropped a token (zeroed by `runStep`). */
-  private readonly overflow: Tensor;
+  /**
+   * [2 per MoE layer] i32, zeroed by `runStep`: each layer's slots dropped and largest expert load
+   * (MoeFixedCapacity.stats), in `moe` order.
+   */
+  private readonly stats: Tensor;
   /** The MoE layers in StepSums.loads order, with their index there. */
   private readonly moe: { index: number; ffn: MoE }[];
   /** Rows per expert for each MoE layer (as `moe`), once measured. */
-  private capacities: number[] | null = null;
+  private capacities: ExpertCapacities | null = null;
   private warmedAtCapacity = false;
   private graph: CapturedGraph | null = null;
 
@@ -52,50 +51,56 @@ export class CapturedTrainStep {
     this.inputs = { byShift: Array.from({ length: D + 2 }, () => b.uploadInt(new Int32Array(batch * seq), [batch * seq])) };
     // the positions and RoPE tables, made once: the graph reads them
     this.ctx = model.context(batch, seq, 0);
-    this.overflow = b.uploadInt(new Int32Array(1), [1]);
     this.moe = [...model.layers, ...model.mtp.map((m) => m.block)]
       .map((layer, index) => ({ index, ffn: layer.ffn }))
       .filter((l): l is { index: number; ffn: MoE } => 'experts' in l.ffn);
+    this.stats = b.uploadInt(new Int32Array(2 * this.moe.length), [2 * this.moe.length]);
+  }
+
+  /** Rows per expert of each MoE layer (main stack, then MTP blocks) once measured, else null. */
+  get capacityRows(): readonly number[] | null {
+    return this.capacities?.rows ?? null;
   }
 
   /**
    * Forward and backward of a step's micro-batches (each tokens [batch, seq + 1 + D]) into the
-   * gradients and `sums`. When a micro-batch overflowed an expert's capacity the capacities double
-   * (for the next capture) and `redoEagerly` must start the step again: returns whether it was called.
+   * gradients and `sums`. When a micro-batch dropped a slot past an expert's capacity,
+   * `redoEagerly` must start the step again: returns whether it was called. Either way the
+   * capacities follow the loads measured (ExpertCapacities), and a change drops the graph.
    */
   runStep(batches: Int32Array[], redoEagerly: () => void): boolean {
-    this.b.copyFromHostInt(this.overflow, new Int32Array(1));
-    for (const tokens of batches) this.run(tokens);
-    if (this.b.downloadInt(this.overflow)[0] === 0) return false;
-    this.grow();
-    redoEagerly();
-    return true;
+    this.b.copyFromHostInt(this.stats, new Int32Array(2 * this.moe.length));
+    let atCapacity = 0;
+    for (const tokens of batches) if (this.run(tokens)) atCapacity++;
+    // only the micro-batch that measured the first loads ran (eagerly): nothing to read
+    if (atCapacity === 0) return false;
+    const stats = this.b.downloadInt(this.stats);
+    const dropped = this.moe.some((_, i) => stats[2 * i]! > 0);
+    if (this.capacities!.update(this.moe.map((_, i) => stats[2 * i + 1]!), dropped)) this.dropGraph();
+    if (dropped) redoEagerly();
+    return dropped;
   }
 
-  private run(tokens: Int32Array): void {
+  /** One micro-batch; returns whether it ran at the fixed capacities (adding to `stats`). */
+  private run(tokens: Int32Array): boolean {
     uploadStepInputs(this.model, tokens, this.batch, this.seq, this.inputs);
     if (!this.capacities) {
-      this.capacities = this.measureCapacities();
-      return;
+      this.capacities = new ExpertCapacities(this.moe.map((_, i) => this.worstCase(i)), this.headroom, this.measureLargestLoads());
+      return false;
     }
     if (!this.warmedAtCapacity) {
       this.atFixedCapacity(() => this.body());
       this.warmedAtCapacity = true;
-      return;
+    } else {
+      this.graph ??= this.atFixedCapacity(() => this.b.captureGraph(() => this.body()));
+      this.graph.replay();
     }
-    if (!this.graph) this.graph = this.atFixedCapacity(() => this.b.captureGraph(() => this.body()));
-    this.graph.replay();
-  }
-
-  /** After an overflow: double every capacity (the next `run` warms up and captures again). */
-  private grow(): void {
-    this.capacities = this.capacities && this.capacities.map((c, i) => Math.min(2 * c, this.worstCase(i)));
-    this.dropGraph();
+    return true;
   }
 
   free(): void {
     this.dropGraph();
-    for (const t of [...this.inputs.byShift, this.ctx.positions, this.overflow]) this.b.free(t);
+    for (const t of [...this.inputs.byShift, this.ctx.positions, this.stats]) this.b.free(t);
   }
 
   private dropGraph(): void {
@@ -113,31 +118,29 @@ export class CapturedTrainStep {
     }
   }
 
-  /** The first micro-batch, eagerly with capacities read from the device; its loads give every layer's capacity. */
-  private measureCapacities(): number[] {
+  /** The first micro-batch, eagerly with the counts read from the device: each MoE layer's largest expert load. */
+  private measureLargestLoads(): number[] {
     const own = new StepSums(this.b, this.model);
     try {
       this.body(own);
       const { expertLoad } = own.read(this.opts.mtpWeight, 1);
       this.b.addInPlace(this.sums.all, own.all);
-      return this.moe.map(({ index }, i) => {
-        const most = Math.max(...expertLoad[index]);
-        return Math.min(Math.max(CAPACITY_ROWS, Math.ceil((most * this.headroom) / CAPACITY_ROWS) * CAPACITY_ROWS), this.worstCase(i));
-      });
+      return this.moe.map(({ index }) => Math.max(...expertLoad[index]!));
     } finally {
       own.free();
     }
   }
 
-  /** Every slot of the micro-batch on one expert: a capacity that can never overflow. */
+  /** Every slot of the micro-batch on one expert: a capacity that can never drop a slot. */
   private worstCase(i: number): number {
-    const slots = this.batch * this.seq * this.moe[i].ffn.router.topK;
+    const slots = this.batch * this.seq * this.moe[i]!.ffn.router.topK;
     return Math.ceil(slots / CAPACITY_ROWS) * CAPACITY_ROWS;
   }
 
   /** Run `body` with every MoE layer permuting to its fixed capacity. */
   private atFixedCapacity<R>(body: () => R): R {
-    this.moe.forEach(({ ffn }, i) => (ffn.fixedCapacity = { capacity: this.capacities![i], overflow: this.overflow }));
+    const rows = this.capacities!.rows;
+    this.moe.forEach(({ ffn }, i) => (ffn.fixedCapacity = { capacity: rows[i]!, stats: this.b.rows(this.stats, 2 * i, 2) }));
     try {
       return body();
     } finally {

@@ -347,7 +347,12 @@ export class CpuBackend implements Backend {
       const n = Math.floor(slot / K);
       r.set(xs.subarray(n * d, (n + 1) * d), dest * d);
     }
-    if (fixed) ints(fixed.overflow)[0] += dropped;
+    if (fixed) {
+      const stats = ints(fixed.stats);
+      if (stats.length !== 2) throw new Error(`moePermute: stats [${fixed.stats.shape.join(', ')}] (two i32)`);
+      stats[0] += dropped;
+      stats[1] = Math.max(stats[1], ...counts);
+    }
     return { rows, sourceSlot: new CpuTensor([R], 'i32', sourceSlot), counts: fixed ? null : counts, capacity };
   }
 

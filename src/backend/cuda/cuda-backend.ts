@@ -803,11 +803,12 @@ export class CudaBackend implements Backend {
     const [N, d] = x0.shape as [number, number];
     const K = lastDim(it);
     if (x0.shape.length !== 2 || it.numel !== N * K) throw new Error(`moePermute: x ${shapeString(x0.shape)}, indices ${shapeString(it.shape)}`);
-    let device: { capacity: number; overflow: number } | undefined;
+    let device: { capacity: number; stats: number } | undefined;
     if (fixed) {
-      const o = int32(dev(fixed.overflow, 'moePermute overflow'), 'moePermute overflow');
-      if (o.numel !== 1) throw new Error(`moePermute: overflow ${shapeString(o.shape)} (one i32)`);
-      device = { capacity: fixed.capacity, overflow: o.ptr };
+      const s = int32(dev(fixed.stats, 'moePermute stats'), 'moePermute stats');
+      if (s.numel !== 2) throw new Error(`moePermute: stats ${shapeString(s.shape)} (two i32)`);
+      this.written(s);
+      device = { capacity: fixed.capacity, stats: s.ptr };
     }
     const p = this.withTemps((temps) => ops.moePermute(this.gpu, this.floatDType, this.act(x0, temps).ptr, it.ptr, N, K, d, numExperts, padding, device));
     return { rows: this.adopt([p.nRows, d], this.floatDType, p.rows), sourceSlot: this.adopt([p.nRows], 'i32', p.sourceSlot), counts: p.counts, capacity: p.capacity };

@@ -148,11 +148,11 @@ export interface DevicePermutation {
  * (a synchronisation) before the scatter, so an expert index outside [0, E) is reported instead
  * of gathering from unwritten slots. With `fixed` nothing comes to the host (graph capture): the
  * rows are padded to fixed.capacity per expert, and the slots that do not fit (an expert's past
- * its first capacity, in slot order, and those of an index outside [0, E)) are dropped and their
- * number added to the i32 at fixed.overflow.
+ * its first capacity, in slot order, and those of an index outside [0, E)) are dropped: their
+ * number is added to the i32 at fixed.stats, and the largest count raises the i32 after it.
  */
 export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: number, N: number, K: number, d: number, E: number,
-  padding?: MoePadding, fixed?: { capacity: number; overflow: number }): DevicePermutation {
+  padding?: MoePadding, fixed?: { capacity: number; stats: number }): DevicePermutation {
   const nk = N * K;
   if (fixed && !(Number.isInteger(fixed.capacity) && fixed.capacity > 0)) throw new Error(`moePermute: fixed capacity ${fixed.capacity} (a positive integer)`);
   const counts = ctx.alloc(4 * Math.max(E, 1));
@@ -170,7 +170,7 @@ export function moePermute(ctx: CudaContext, t: FloatKind, x: number, indices: n
     if (capacity !== null) nRows = E * capacity;
     sourceSlot = ctx.alloc(4 * nRows);
     if (capacity !== null) ctx.memset8(sourceSlot, 0xff, 4 * nRows); // −1: no slot
-    if (E > 0 && nk > 0) kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, capacity ?? 0, sourceSlot, fixed?.overflow ?? 0]);
+    if (E > 0 && nk > 0) kernel(ctx, 'moe_scatter').launch(ctx.stream, E, 256, 0, [indices, nk, counts, capacity ?? 0, sourceSlot, fixed?.stats ?? 0]);
   } catch (e) {
     ctx.free(sourceSlot);
     throw e;

@@ -472,14 +472,16 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const x = act([N, d]), dy = act([N, d]);
     const wd = Float32Array.from({ length: N * K }, () => rng.uniform());
     const w = { c: cpu.upload(wd, [N, K]), g: b.upload(wd, [N, K]) };
-    const overflow = ints(Int32Array.of(7), [1]);
-    let dropped = 7;
+    // [slots dropped, largest count], never cleared by moePermute: they start from values of an earlier step
+    const stats = ints(Int32Array.of(7, 2), [2]);
+    let dropped = 7, largest = 2;
 
     // every count fits: what the host-read padding of that capacity gives
     const spread = randomExpertChoices(rng, N, K, E);
-    const C = Math.max(...expertCounts(spread, E)) + 3;
+    largest = Math.max(...expertCounts(spread, E));
+    const C = largest + 3;
     const si = ints(spread, [N, K]);
-    const fg = b.moePermute(x.g, si.g, E, undefined, { capacity: C, overflow: overflow.g });
+    const fg = b.moePermute(x.g, si.g, E, undefined, { capacity: C, stats: stats.g });
     const pg = b.moePermute(x.g, si.g, E, { blockRows: C, maxRatio: Infinity });
     assert.equal(fg.counts, null);
     assert.equal(fg.capacity, C);
@@ -488,7 +490,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     sameBits('fixed-capacity rows = host-capacity padded rows', fg.rows, pg.rows);
     const out = param([E * C, d]);
     sameBits('moeUnpermute of the fixed-capacity permutation', b.moeUnpermute(out.g, fg.sourceSlot, w.g), b.moeUnpermute(out.g, pg.sourceSlot, w.g));
-    assert.deepEqual(b.downloadInt(overflow.g), Int32Array.of(dropped), 'nothing dropped');
+    assert.deepEqual(b.downloadInt(stats.g), Int32Array.of(dropped, largest), 'nothing dropped; the largest count');
 
     // expert E − 1 over a capacity that fits every other expert, then every expert over capacity 2 (fewer rows than slots)
     const hot = hotRouting(N, K, E);
@@ -497,7 +499,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     for (const [idx, capacity] of [[spread, C], [hot, others], [hot, 2]] as const) {
       const what = `capacity ${capacity}${idx === hot ? ', expert E − 1 on every token' : ''}`;
       const it = ints(idx, [N, K]);
-      const perm = { g: b.moePermute(x.g, it.g, E, undefined, { capacity, overflow: overflow.g }), c: cpu.moePermute(x.c, it.c, E, undefined, { capacity, overflow: overflow.c }) };
+      const perm = { g: b.moePermute(x.g, it.g, E, undefined, { capacity, stats: stats.g }), c: cpu.moePermute(x.c, it.c, E, undefined, { capacity, stats: stats.c }) };
       const want = fixedSourceSlot(idx, E, capacity);
       assert.deepEqual(b.downloadInt(perm.g.sourceSlot), want, what);
       assert.deepEqual(cpu.downloadInt(perm.c.sourceSlot), want, what);
@@ -506,8 +508,9 @@ function registerMode(o: CaseOptions, mode: Mode): void {
       const lost = Array.from({ length: N * K }, (_, slot) => slot).filter((slot) => !kept.has(slot));
       if (capacity === others) assert.deepEqual(lost, Array.from({ length: N - others }, (_, i) => (others + i) * K), `${what}: the hot expert's latest tokens dropped`);
       dropped += lost.length;
-      assert.deepEqual(b.downloadInt(overflow.g), Int32Array.of(dropped), `${what}: overflow`);
-      assert.deepEqual(cpu.downloadInt(overflow.c), Int32Array.of(dropped), `${what}: overflow`);
+      largest = Math.max(largest, ...expertCounts(idx, E));
+      assert.deepEqual(b.downloadInt(stats.g), Int32Array.of(dropped, largest), `${what}: stats`);
+      assert.deepEqual(cpu.downloadInt(stats.c), Int32Array.of(dropped, largest), `${what}: stats`);
       compare(`moePermute rows, ${what}`, perm.g.rows, perm.c.rows, 0);
       // the downstream ops on the kept slots; a dropped slot contributes nothing and gets no gradient
       const expertOut = param([E * capacity, d]), dRows = param([E * capacity, d]);
@@ -522,9 +525,10 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     // an expert index outside [0, E), which the device path cannot report, is counted as dropped
     const bad = Int32Array.from(spread);
     bad[5] = E;
-    b.moePermute(x.g, b.uploadInt(bad, [N, K]), E, undefined, { capacity: C, overflow: overflow.g });
-    assert.deepEqual(b.downloadInt(overflow.g), Int32Array.of(dropped + 1), 'an index outside [0, E)');
-    assert.throws(() => b.moePermute(x.g, si.g, E, undefined, { capacity: 0, overflow: overflow.g }), /capacity 0/);
+    b.moePermute(x.g, b.uploadInt(bad, [N, K]), E, undefined, { capacity: C, stats: stats.g });
+    assert.deepEqual(b.downloadInt(stats.g), Int32Array.of(dropped + 1, largest), 'an index outside [0, E)');
+    assert.throws(() => b.moePermute(x.g, si.g, E, undefined, { capacity: 0, stats: stats.g }), /capacity 0/);
+    assert.throws(() => b.moePermute(x.g, si.g, E, undefined, { capacity: C, stats: ints(Int32Array.of(0), [1]).g }), /stats/);
   });
 
   /** The host arithmetic of the bias update (SPEC §3; updateCorrectionBias before it moved to the device): FP64 mean, sums rounded to FP32. */
@@ -580,14 +584,14 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const indices = ints(randomExpertChoices(rng, N, K, E), [N, K]);
     const wd = Float32Array.from({ length: N * K }, () => rng.uniform());
     const w = { c: cpu.upload(wd, [N, K]), g: b.upload(wd, [N, K]) };
-    const overflow = ints(Int32Array.of(0), [1]);
+    const stats = ints(Int32Array.of(0, 0), [2]);
     const loadStart = Float32Array.from({ length: E }, () => rng.int(1, 100));
     const load = { c: cpu.upload(loadStart, [E]), g: b.upload(loadStart, [E]) };
     const bias = param([E], 0.01);
     const rowsOut = { c: cpu.zeros([E * C, d]), g: b.zeros([E * C, d], 'activation') }, yOut = { c: cpu.zeros([N, d]), g: b.zeros([N, d], 'activation') };
     // the step's MoE bookkeeping, its results copied into tensors that outlive it
     const step = (be: Backend, s: 'c' | 'g') => () => {
-      const p = be.moePermute(x[s], indices[s], E, undefined, { capacity: C, overflow: overflow[s] });
+      const p = be.moePermute(x[s], indices[s], E, undefined, { capacity: C, stats: stats[s] });
       const y = be.moeUnpermute(p.rows, p.sourceSlot, w[s]);
       be.scaleInPlace(rowsOut[s], 0);
       be.addInPlace(rowsOut[s], p.rows);
@@ -600,7 +604,7 @@ function registerMode(o: CaseOptions, mode: Mode): void {
     const check = (what: string) => {
       compare(`${what}: rows`, rowsOut.g, rowsOut.c, 0);
       compare(`${what}: moeUnpermute`, yOut.g, yOut.c);
-      assert.deepEqual(b.downloadInt(overflow.g), cpu.downloadInt(overflow.c), `${what}: overflow`);
+      assert.deepEqual(b.downloadInt(stats.g), cpu.downloadInt(stats.c), `${what}: stats`);
       compare(`${what}: expert load`, load.g, load.c, 0);
       compare(`${what}: correction bias`, bias.g, bias.c, 0);
     };
@@ -614,13 +618,15 @@ function registerMode(o: CaseOptions, mode: Mode): void {
         const be: Backend = s === 'c' ? cpu : b;
         be.copyFromHost(x[s], xd);
         be.copyFromHostInt(indices[s], routing);
-        be.copyFromHostInt(overflow[s], Int32Array.of(0));
+        be.copyFromHostInt(stats[s], Int32Array.of(0, 0));
       }
       graph.replay();
       step(cpu, 'c')();
       check(what);
     }
-    assert.ok(b.downloadInt(overflow.g)[0]! > 0, 'the hot routing overflowed');
+    const [droppedInReplay, largestInReplay] = b.downloadInt(stats.g);
+    assert.ok(droppedInReplay! > 0, 'the hot routing overflowed');
+    assert.equal(largestInReplay, N, 'the hot expert took every token');
     graph.free();
   });
 

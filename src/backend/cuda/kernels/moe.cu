@@ -7,8 +7,9 @@
 //               ranking matches with a ballot + block scan); expert e's rows start after expert
 //               e−1's (packed), or at e·capacity when capacity > 0 (padded: the rows past an
 //               expert's count keep sourceSlot −1, which the host writes first). An expert's
-//               slots ranked past the capacity get no row: dropped, counted into `overflow`
-//               (a fixed capacity, which the host chose without reading the counts)
+//               slots ranked past the capacity get no row: dropped, counted into stats[0], the
+//               largest count raising stats[1] (a fixed capacity, which the host chose without
+//               reading the counts)
 //   moe_gather  rows[row] = x[sourceSlot[row] / K], zero for a row without a slot
 // Unpermute inverts sourceSlot (moe_invert into a rowOfSlot the host fills with −1 first, so a
 // dropped slot keeps −1) and sums each token's K expert rows weighted (moe_combine, FP32
@@ -24,11 +25,12 @@ extern "C" __global__ void moe_count(const int* __restrict__ indices, int nk, in
 }
 
 /**
- * blockDim.x must be a multiple of 32. overflow (nullable) += the slots dropped: expert e's past
- * the capacity, and (the last block) those of no expert in [0, gridDim.x).
+ * blockDim.x must be a multiple of 32. stats (nullable): stats[0] += the slots dropped (expert e's
+ * past the capacity, and, by the last block, those of no expert in [0, gridDim.x)); stats[1] =
+ * max(stats[1], counts[e]).
  */
 extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, const int* __restrict__ counts, int capacity, int* __restrict__ sourceSlot,
-                                       int* __restrict__ overflow) {
+                                       int* __restrict__ stats) {
   __shared__ int warpCounts[32];
   __shared__ int start, ranked;
   const int e = blockIdx.x;
@@ -39,10 +41,11 @@ extern "C" __global__ void moe_scatter(const int* __restrict__ indices, int nk, 
   if (threadIdx.x == 0) {
     start = capacity > 0 ? e * capacity : before;
     ranked = 0;
-    if (overflow != nullptr) {
+    if (stats != nullptr) {
       int dropped = capacity > 0 ? max(counts[e] - capacity, 0) : 0;
       if (e == gridDim.x - 1) dropped += nk - before - counts[e];
-      if (dropped > 0) atomicAdd(overflow, dropped);
+      if (dropped > 0) atomicAdd(stats, dropped);
+      atomicMax(stats + 1, counts[e]);
     }
   }
   __syncthreads();

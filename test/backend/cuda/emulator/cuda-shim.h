@@ -60,6 +60,7 @@ inline float atomicAdd(float* p, float v) { const float old = *p; *p = old + v; 
 inline double atomicAdd(double* p, double v) { const double old = *p; *p = old + v; return old; }
 inline int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; return old; }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { const unsigned old = *p; *p = old + v; return old; }
+inline int atomicMax(int* p, int v) { const int old = *p; *p = old > v ? old : v; return old; }
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
