@@ -85,7 +85,7 @@ export class CapturedTrainStep {
   private run(tokens: Int32Array): boolean {
     uploadStepInputs(this.model, tokens, this.batch, this.seq, this.inputs);
     if (!this.capacities) {
-      this.capacities = new ExpertCapacities(this.moe.map((_, i) => this.worstCase(i)), this.headroom, this.measureLargestLoads());
+      this.capacities = new ExpertCapacities(this.worstCase(), this.headroom, this.measureLargestLoads());
       return false;
     }
     if (!this.warmedAtCapacity) {
@@ -131,10 +131,12 @@ export class CapturedTrainStep {
     }
   }
 
-  /** Every slot of the micro-batch on one expert: a capacity that can never drop a slot. */
-  private worstCase(i: number): number {
-    const slots = this.batch * this.seq * this.moe[i]!.ffn.router.topK;
-    return Math.ceil(slots / CAPACITY_ROWS) * CAPACITY_ROWS;
+  /**
+   * Every token of the micro-batch on one expert (a token's K experts are distinct, so no expert
+   * gets more): a capacity that can never drop a slot.
+   */
+  private worstCase(): number {
+    return Math.ceil((this.batch * this.seq) / CAPACITY_ROWS) * CAPACITY_ROWS;
   }
 
   /** Run `body` with every MoE layer permuting to its fixed capacity. */

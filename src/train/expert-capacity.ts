@@ -27,15 +27,14 @@ export class ExpertCapacities {
   private windowSteps = 0;
 
   /**
-   * `worstCase` per MoE layer: every slot of a micro-batch on one expert (a capacity that can never
-   * drop a slot, and the most any layer gets); `largest` per layer: the largest load of the first
+   * `worstCase`: the most rows an expert can get in a micro-batch (a capacity that can never drop a
+   * slot, and the most any layer gets); `largest` per MoE layer: the largest load of the first
    * micro-batch measured. `headroom` below 1 only serves tests that need drops.
    */
-  constructor(private readonly worstCase: readonly number[], private readonly headroom: number, largest: readonly number[]) {
+  constructor(private readonly worstCase: number, private readonly headroom: number, largest: readonly number[]) {
     if (!(headroom > 0)) throw new Error(`expert capacity headroom ${headroom} (must be > 0)`);
-    if (largest.length !== worstCase.length) throw new Error(`expert capacities: ${largest.length} loads for ${worstCase.length} MoE layers`);
-    this.current = largest.map((count, i) => this.fit(i, count, headroom));
-    this.windowLargest = worstCase.map(() => 0);
+    this.current = largest.map((count) => this.fit(count, headroom));
+    this.windowLargest = largest.map(() => 0);
   }
 
   /** Rows per expert, per MoE layer. */
@@ -53,19 +52,19 @@ export class ExpertCapacities {
     if (dropped) {
       this.restartWindow();
       // at least the load itself, whatever the headroom: the redone step must not be the last to drop
-      return this.set(this.current.map((c, i) => Math.max(c, this.fit(i, largest[i]!, Math.max(this.headroom, 1)))));
+      return this.set(this.current.map((c, i) => Math.max(c, this.fit(largest[i]!, Math.max(this.headroom, 1)))));
     }
     this.windowLargest = this.windowLargest.map((most, i) => Math.max(most, largest[i]!));
     if (++this.windowSteps < SHRINK_WINDOW) return false;
-    const fitted = this.windowLargest.map((most, i) => this.fit(i, most, this.headroom));
+    const fitted = this.windowLargest.map((most) => this.fit(most, this.headroom));
     this.restartWindow();
     return this.set(this.current.map((c, i) => (fitted[i]! <= SHRINK_BELOW * c ? fitted[i]! : c)));
   }
 
-  /** The capacity for a largest load of `count` in layer i: with headroom, in whole CAPACITY_ROWS, at most the worst case. */
-  private fit(i: number, count: number, headroom: number): number {
+  /** The capacity for a largest load of `count`: with headroom, in whole CAPACITY_ROWS, at most the worst case. */
+  private fit(count: number, headroom: number): number {
     const rows = Math.max(CAPACITY_ROWS, Math.ceil((count * headroom) / CAPACITY_ROWS) * CAPACITY_ROWS);
-    return Math.min(rows, this.worstCase[i]!);
+    return Math.min(rows, this.worstCase);
   }
 
   private restartWindow(): void {
