@@ -71,6 +71,8 @@ interface Variant {
   sums: StepSums;
   /** Forward and backward replayed from a captured graph (as Trainer with captureGraph). */
   captured: CapturedTrainStep | null;
+  /** Steps of `captured` redone eagerly because a micro-batch dropped slots past an expert's capacity. */
+  redone: number;
 }
 const variants: Variant[] = [
   { label: 'ours (no MTP)', model: plain, params: params.all().filter((p) => !isMtp(p)), capture: false },
@@ -78,7 +80,7 @@ const variants: Variant[] = [
   { label: 'ours (with MTP, D=1)', model: withMtp, params: params.all(), capture: false },
 ].map(({ capture, ...v }) => {
   const sums = new StepSums(backend, v.model);
-  return { ...v, optimizer: new AdamW(backend, v.params, ADAMW), sums, captured: capture ? new CapturedTrainStep(v.model, 1, SEQ, LOSS, sums) : null };
+  return { ...v, optimizer: new AdamW(backend, v.params, ADAMW), sums, captured: capture ? new CapturedTrainStep(v.model, 1, SEQ, LOSS, sums) : null, redone: 0 };
 });
 
 /** The MoE layers of a model (main stack, then MTP blocks) with their index in forwardBackward's expertLoad. */
@@ -107,7 +109,7 @@ function trainStep(v: Variant, stepNumber: number): { ms: number; loss: number }
     };
     const eager = () => forwardBackwardInto(v.model, tokens, 1, SEQ, LOSS, v.sums);
     clear();
-    if (v.captured) v.captured.runStep([tokens], () => (clear(), eager()));
+    if (v.captured && v.captured.runStep([tokens], () => (clear(), eager()))) v.redone++;
     else eager();
     const r = v.sums.read(LOSS.mtpWeight, 1);
     v.optimizer.step(LR);
@@ -146,7 +148,7 @@ for (const v of variants) {
     row.tokensPerSecond = SEQ / (median(row.stepMs) / 1000);
     const capacities = v.captured?.capacityRows;
     console.log(`# ${v.label}: ${row.tokensPerSecond.toFixed(0)} tokens/s (steps ${row.stepMs.map((m) => m.toFixed(0)).join(', ')} ms), loss ${row.loss?.toFixed(3)}`
-      + (capacities ? `; expert capacities (rows per expert, per MoE layer) ${capacities.join(' ')}` : ''));
+      + (capacities ? `; ${v.redone} step(s) redone eagerly; expert capacities (rows per expert, per MoE layer) ${capacities.join(' ')}` : ''));
   } catch (e) {
     row.error = (e as Error).message.split('\n')[0]!;
     console.log(`# ${v.label} failed: ${(e as Error).stack ?? row.error}`);
