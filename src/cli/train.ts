@@ -73,8 +73,9 @@ Run
   --bias-update-speed G  γ of the auxiliary-loss-free bias update (default 1e-3; 0 = off)
   --recompute            recompute RMSNorm outputs and MLA up-projections in backward
   --cuda-graph           replay each micro-batch's forward and backward from a captured graph (one
-                         launch instead of thousands on the GPU; MoE layers then run at a fixed expert
-                         capacity with headroom, and a step that exceeds it is redone eagerly)
+                         launch instead of thousands on the GPU; MoE layers then run at fixed expert
+                         capacities that follow the measured loads, and a step that exceeds them is
+                         redone eagerly, so it pays when launches dominate and the routing is even)
   --seed S               initialisation and data-order seed (default 0)
   --device cpu|cuda|auto where to train (default auto)
 Output
@@ -264,6 +265,7 @@ async function trainAndReport(model: DeepseekV3, run: RunOptions, outDir: string
   if (interrupted) console.log(`interrupted at step ${trainer.step}: saved ${saved}; continue with dsv3 train --resume ${outDir}`);
   const minutes = (performance.now() - started) / 60000;
   if (last) console.log(`step ${trainer.step}: loss ${last.main_loss.toFixed(3)}, MTP ${last.mtp_loss.map((l) => l.toFixed(3)).join('/')}, held-out ${lastEval?.eval_loss.toFixed(3)} (perplexity ${lastEval?.eval_ppl.toFixed(1)}); ${minutes.toFixed(1)} min`);
+  if (opts.captureGraph) console.log(`CUDA graph: ${trainer.capturedOverflows} of ${trainer.step - firstStep} steps redone eagerly (an expert's load past its captured capacity)`);
   if (samples > 0) printSamples(model, tokenizer, samples);
   console.log(`checkpoint: ${saved}\nmetrics:    ${metricsFile}\nplot:       ${plotFile}`);
 }

@@ -5,8 +5,10 @@
 // update evens that out over the first hundreds of steps. So the capacities follow the loads that
 // the permutations measure on the device:
 //   - at first, the largest load of a measured micro-batch with headroom;
-//   - after a step that dropped slots (and was redone eagerly), each layer grows to what it needed
-//     with headroom — not a blind doubling, which pads every layer for the busiest one;
+//   - after a step that dropped slots (and was redone eagerly), each layer that dropped some at
+//     least doubles, to what it needed with headroom if that is more (early in training the loads
+//     can climb for many steps, and each change costs a new capture); a layer that came within its
+//     headroom grows to it; the others keep their capacity;
 //   - after SHRINK_WINDOW steps without a drop, a layer whose largest load in them, with headroom,
 //     fits in SHRINK_BELOW of its capacity shrinks to it.
 // A change means a new capture; the window keeps that rare.
@@ -51,8 +53,11 @@ export class ExpertCapacities {
     if (largest.length !== this.current.length) throw new Error(`expert capacities: ${largest.length} loads for ${this.current.length} MoE layers`);
     if (dropped) {
       this.restartWindow();
-      // at least the load itself, whatever the headroom: the redone step must not be the last to drop
-      return this.set(this.current.map((c, i) => Math.max(c, this.fit(largest[i]!, Math.max(this.headroom, 1)))));
+      return this.set(this.current.map((c, i) => {
+        // at least the load itself, whatever the headroom
+        const needed = this.fit(largest[i]!, Math.max(this.headroom, 1));
+        return largest[i]! > c ? Math.max(needed, Math.min(2 * c, this.worstCase)) : Math.max(c, needed);
+      }));
     }
     this.windowLargest = this.windowLargest.map((most, i) => Math.max(most, largest[i]!));
     if (++this.windowSteps < SHRINK_WINDOW) return false;

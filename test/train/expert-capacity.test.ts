@@ -29,18 +29,25 @@ test('capacities start at the measured largest loads with headroom, in whole row
   assert.deepEqual(new ExpertCapacities(40, 1.25, [0, 39]).rows, [CAPACITY_ROWS, 40], 'at least one block of rows, at most the worst case');
 });
 
-test('after a step that dropped slots only the layers that needed more grow, to what they needed', () => {
+test('after a step that dropped slots, the layers that dropped some double (or more), those within their headroom grow to it', () => {
   const loads = randomLoads();
   const caps = new ExpertCapacities(WORST, 1.25, loads);
   const before = [...caps.rows];
-  // layer 0 overflowed; layer 1 did not, but came within its headroom; the others stayed below
+  // layers 0 and 1 dropped slots, 0 a few, 1 more than its capacity again; layer 2 did not, but came
+  // within its headroom; the others stayed below
   const largest = before.map((c) => Math.floor(c * between(0.3, 0.7)));
-  largest[0] = before[0]! + rng.int(1, 500);
-  largest[1] = before[1]! - 1;
+  largest[0] = before[0]! + rng.int(1, 100);
+  largest[1] = 2 * before[1]! + rng.int(1, 100);
+  largest[2] = before[2]! - 1;
   assert.equal(caps.update(largest, true), true);
-  assert.ok(fits(caps.rows[0]!, largest[0]!, 1.25), `seed ${rng.seed}: the overflowing layer: ${caps.rows[0]} for ${largest[0]}`);
-  assert.ok(fits(caps.rows[1]!, largest[1]!, 1.25), `seed ${rng.seed}: the layer within its headroom: ${caps.rows[1]} for ${largest[1]}`);
-  assert.deepEqual(caps.rows.slice(2), before.slice(2), 'the layers with room keep their capacity');
+  assert.equal(caps.rows[0], 2 * before[0]!, `seed ${rng.seed}: a layer that dropped a few doubles`);
+  assert.ok(fits(caps.rows[1]!, largest[1]!, 1.25), `seed ${rng.seed}: a layer that needed more than double: ${caps.rows[1]} for ${largest[1]}`);
+  assert.ok(fits(caps.rows[2]!, largest[2]!, 1.25), `seed ${rng.seed}: the layer within its headroom: ${caps.rows[2]} for ${largest[2]}`);
+  assert.deepEqual(caps.rows.slice(3), before.slice(3), 'the layers with room keep their capacity');
+  // never past the worst case
+  const small = new ExpertCapacities(1000, 1.25, [700]);
+  small.update([990], true);
+  assert.deepEqual(small.rows, [1000]);
 });
 
 test('a headroom below 1 still grows a layer to at least the load that dropped slots', () => {
@@ -48,6 +55,8 @@ test('a headroom below 1 still grows a layer to at least the load that dropped s
   assert.equal(caps.rows[0], 256);
   caps.update([1003], true);
   assert.equal(caps.rows[0], 1008);
+  caps.update([1009], true);
+  assert.equal(caps.rows[0], 2016);
 });
 
 test(`capacities shrink only after ${SHRINK_WINDOW} steps without a drop, to the window's largest loads`, () => {
