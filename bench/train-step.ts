@@ -109,8 +109,8 @@ function trainStep(v: Variant, stepNumber: number): { ms: number; loss: number }
     };
     const eager = () => forwardBackwardInto(v.model, tokens, 1, SEQ, LOSS, v.sums);
     clear();
-    if (v.captured && v.captured.runStep([tokens], () => (clear(), eager()))) v.redone++;
-    else eager();
+    if (!v.captured) eager();
+    else if (v.captured.runStep([tokens], () => (clear(), eager()))) v.redone++;
     const r = v.sums.read(LOSS.mtpWeight, 1);
     v.optimizer.step(LR);
     for (const { index, ffn } of moeLayers(v.model)) if (ffn.bias) updateCorrectionBias(backend, ffn.bias, v.sums.loads[index]!, BIAS_UPDATE_SPEED);

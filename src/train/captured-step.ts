@@ -31,9 +31,10 @@ export class CapturedTrainStep {
   private readonly ctx: ForwardContext;
   /**
    * [2 per MoE layer] i32, zeroed by `runStep`: each layer's slots dropped and largest expert load
-   * (MoeFixedCapacity.stats), in `moe` order.
+   * (MoeFixedCapacity.stats), in `moe` order; `layerStats` are its views, one per layer.
    */
   private readonly stats: Tensor;
+  private readonly layerStats: Tensor[];
   /** The MoE layers in StepSums.loads order, with their index there. */
   private readonly moe: { index: number; ffn: MoE }[];
   /** Rows per expert for each MoE layer (as `moe`), once measured. */
@@ -55,6 +56,7 @@ export class CapturedTrainStep {
       .map((layer, index) => ({ index, ffn: layer.ffn }))
       .filter((l): l is { index: number; ffn: MoE } => 'experts' in l.ffn);
     this.stats = b.uploadInt(new Int32Array(2 * this.moe.length), [2 * this.moe.length]);
+    this.layerStats = this.moe.map((_, i) => b.rows(this.stats, 2 * i, 2));
   }
 
   /** Rows per expert of each MoE layer (main stack, then MTP blocks) once measured, else null. */
@@ -142,7 +144,7 @@ export class CapturedTrainStep {
   /** Run `body` with every MoE layer permuting to its fixed capacity. */
   private atFixedCapacity<R>(body: () => R): R {
     const rows = this.capacities!.rows;
-    this.moe.forEach(({ ffn }, i) => (ffn.fixedCapacity = { capacity: rows[i]!, stats: this.b.rows(this.stats, 2 * i, 2) }));
+    this.moe.forEach(({ ffn }, i) => (ffn.fixedCapacity = { capacity: rows[i]!, stats: this.layerStats[i]! }));
     try {
       return body();
     } finally {
